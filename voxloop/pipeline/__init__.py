@@ -1,0 +1,1 @@
+"""The engine: frames, stages, the graph runner and sessions. It knows nothing of any model."""

@@ -1,0 +1,26 @@
+"""Clocks. Sessions take one so that timing logic can be tested on a virtual clock.
+
+`LoopClock` reads the event loop's monotonic time, which is what `asyncio.sleep` waits on: in
+production it is the system's monotonic clock, and under a time-faking loop (the `looptime`
+pytest plugin) scripted delays run instantly yet measure exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Protocol
+
+
+class Clock(Protocol):
+    def now_ns(self) -> int: ...
+
+
+class MonotonicClock:
+    def now_ns(self) -> int:
+        return time.monotonic_ns()
+
+
+class LoopClock:
+    def now_ns(self) -> int:
+        return int(asyncio.get_running_loop().time() * 1e9)

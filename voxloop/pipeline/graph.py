@@ -1,0 +1,203 @@
+"""The graph runner: a chain of stages, one task each, joined by bounded lanes.
+
+    push() ─► [lane] ─► stage 1 ─► [lane] ─► stage 2 ─► … ─► [lane] ─► frames()
+
+A lane is a bounded data queue plus an unbounded control queue that is always read first, so
+an interrupt or error overtakes queued audio and text. Each runner takes a frame from its
+lane, forwards it if the stage does not handle it, and otherwise runs `stage.process(frame)`
+in a child task that an interrupt can cancel without touching the runner itself.
+
+On interrupt (Session.interrupt → Graph._on_interrupt): every lane drops data frames of older
+epochs, every child task working on such a frame is cancelled and awaited (bounded), and an
+Interrupt control frame is queued for each stage (which calls `stage.reset()`) and for the
+output, whose reader tells the client to flush its playback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+
+from voxloop.pipeline.errors import FatalError
+from voxloop.pipeline.frames import EndOfInput, ErrorFrame, Frame, Interrupt
+from voxloop.pipeline.session import Session
+from voxloop.pipeline.stage import Stage
+
+log = logging.getLogger(__name__)
+
+CANCEL_TIMEOUT_S = 0.5
+
+
+class Lane:
+    """A bounded FIFO of data frames with an unbounded priority lane for control frames."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._data: deque[Frame] = deque()
+        self._control: deque[Frame] = deque()
+        self._readable = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._writable.set()
+
+    def __len__(self) -> int:
+        return len(self._data) + len(self._control)
+
+    async def put(self, frame: Frame) -> None:
+        if frame.control:
+            self._control.append(frame)
+        else:
+            while len(self._data) >= self.maxsize:
+                self._writable.clear()
+                await self._writable.wait()
+            self._data.append(frame)
+        self._readable.set()
+
+    async def get(self) -> Frame:
+        while not (self._control or self._data):
+            self._readable.clear()
+            await self._readable.wait()
+        frame = self._control.popleft() if self._control else self._data.popleft()
+        if len(self._data) < self.maxsize:
+            self._writable.set()
+        return frame
+
+    def drop_stale(self, epoch: int) -> int:
+        """Remove data frames that belong to an epoch before `epoch`; returns how many."""
+        kept = [f for f in self._data if not is_stale(f, epoch)]
+        dropped = len(self._data) - len(kept)
+        self._data = deque(kept)
+        if len(self._data) < self.maxsize:
+            self._writable.set()
+        return dropped
+
+
+def is_stale(frame: Frame, epoch: int) -> bool:
+    return frame.scoped and frame.epoch < epoch
+
+
+class Graph:
+    def __init__(self, session: Session, stages: Sequence[Stage], *, queue_size: int = 64) -> None:
+        if not stages:
+            raise ValueError("a graph needs at least one stage")
+        self.session = session
+        self.stages = list(stages)
+        self._lanes = [Lane(queue_size) for _ in range(len(stages) + 1)]
+        self._runners: list[asyncio.Task[None]] = []
+        self._inflight: dict[int, tuple[Frame, asyncio.Task[None]]] = {}
+        self.dropped = 0
+        session.on_interrupt(self._on_interrupt)
+
+    @property
+    def output(self) -> Lane:
+        return self._lanes[-1]
+
+    async def start(self) -> None:
+        """Start every stage (loading models), then one runner task per stage."""
+        for stage in self.stages:
+            await stage.start()
+        for index, stage in enumerate(self.stages):
+            task = asyncio.create_task(self._run(index), name=f"voxloop-stage-{stage.name}")
+            self._runners.append(task)
+
+    async def push(self, frame: Frame) -> None:
+        """Feed a frame to the first stage; waits while the first lane is full (backpressure)."""
+        await self._lanes[0].put(frame)
+
+    async def frames(self) -> AsyncIterator[Frame]:
+        """The graph's output, stale frames already dropped."""
+        while True:
+            frame = await self.output.get()
+            if is_stale(frame, self.session.epoch):
+                self.dropped += 1
+                continue
+            yield frame
+
+    async def close(self) -> None:
+        for task in self._runners:
+            task.cancel()
+        for task in self._runners:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._runners.clear()
+        for stage in self.stages:
+            await stage.close()
+
+    async def __aenter__(self) -> Graph:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- runners ---------------------------------------------------------------------------
+
+    async def _run(self, index: int) -> None:
+        stage, inbox, outbox = self.stages[index], self._lanes[index], self._lanes[index + 1]
+        while True:
+            frame = await inbox.get()
+            if is_stale(frame, self.session.epoch):
+                self.dropped += 1
+                continue
+            if isinstance(frame, Interrupt):
+                await stage.reset()  # the interrupt itself is queued for each lane by the graph
+                if index == len(self.stages) - 1:
+                    await outbox.put(frame)
+                continue
+            if frame.control or not isinstance(frame, stage.handles):
+                await outbox.put(frame)
+                continue
+            child = asyncio.create_task(self._process(stage, frame, outbox))
+            self._inflight[index] = (frame, child)
+            try:
+                await child
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # the runner itself is being cancelled
+                # only the child was cancelled, by an interrupt: carry on with the next frame
+            finally:
+                self._inflight.pop(index, None)
+            if isinstance(frame, EndOfInput):
+                await outbox.put(frame)  # a stage flushes on the end of input; the end goes on
+
+    async def _process(self, stage: Stage, frame: Frame, outbox: Lane) -> None:
+        try:
+            async for out in stage.process(frame):
+                if is_stale(out, self.session.epoch):
+                    self.dropped += 1
+                    continue
+                await outbox.put(out)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning(
+                "stage failed",
+                extra={"event": "stage_error", "stage": stage.name, "error": type(exc).__name__},
+                exc_info=exc,
+            )
+            message = str(exc) or type(exc).__name__
+            error = self.session.make(
+                ErrorFrame, stage=stage.name, message=message, fatal=isinstance(exc, FatalError)
+            )
+            await outbox.put(error)
+
+    async def _on_interrupt(self, epoch: int, reason: str) -> None:
+        for lane in self._lanes:
+            self.dropped += lane.drop_stale(epoch)
+        cancelled = []
+        for frame, child in list(self._inflight.values()):
+            if is_stale(frame, epoch) and child is not asyncio.current_task():
+                child.cancel()
+                cancelled.append(child)
+        for lane in self._lanes[:-1]:
+            await lane.put(self.session.make(Interrupt, reason=reason))
+        if cancelled:
+            done, pending = await asyncio.wait(cancelled, timeout=CANCEL_TIMEOUT_S)
+            if pending:
+                log.error(
+                    "stage ignored cancellation",
+                    extra={"event": "cancel_timeout", "pending": len(pending)},
+                )

@@ -1,0 +1,140 @@
+"""One Session per connection: conversation history, turn and epoch counters, state, trace.
+
+The session is the authority on *which* turn and epoch a frame belongs to (`make` stamps
+them) and on turn-taking policy: a user who starts speaking while the assistant is thinking
+or speaking interrupts it (barge-in). `interrupt()` bumps the epoch, asks the graph to cancel
+work of older epochs, and cuts the assistant's pending reply to what was actually emitted.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from voxloop.pipeline.clock import Clock, MonotonicClock
+from voxloop.pipeline.frames import Frame
+from voxloop.pipeline.trace import TurnTrace
+
+F = TypeVar("F", bound=Frame)
+
+InterruptHandler = Callable[[int, str], Awaitable[None]]
+
+
+class State(enum.StrEnum):
+    ASLEEP = "asleep"  # kiosk mode: only the wake word is listened for
+    LISTENING = "listening"
+    THINKING = "thinking"
+    SPEAKING = "speaking"
+
+
+@dataclass(slots=True)
+class Message:
+    role: str  # "user" | "assistant"
+    content: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"role": self.role, "content": self.content}
+
+
+class Session:
+    def __init__(self, *, session_id: str | None = None, clock: Clock | None = None) -> None:
+        self.id = session_id or uuid.uuid4().hex[:12]
+        self.clock: Clock = clock or MonotonicClock()
+        self.history: list[Message] = []
+        self.epoch = 0
+        self.turn_id = 0
+        self.state = State.LISTENING
+        self.trace = TurnTrace(self.id, 0)
+        self.finished_traces: list[TurnTrace] = []
+        self.interrupts = 0
+        self._interrupt_handlers: list[InterruptHandler] = []
+        self._emitted: list[str] = []  # chunks of the current reply that reached the output
+        self._unanswered: str = ""  # user text whose reply was cut before it made a sound
+
+    # -- frames and marks ------------------------------------------------------------------
+
+    def now_ns(self) -> int:
+        return self.clock.now_ns()
+
+    def make(self, frame_type: type[F], **fields: Any) -> F:
+        """A new frame of this session's current turn and epoch, stamped now."""
+        return frame_type(
+            session_id=self.id, turn_id=self.turn_id, epoch=self.epoch, t_ns=self.now_ns(), **fields
+        )
+
+    def mark(self, name: str, t_ns: int | None = None) -> None:
+        self.trace.mark(name, self.now_ns() if t_ns is None else t_ns)
+
+    # -- turn-taking -----------------------------------------------------------------------
+
+    @property
+    def responding(self) -> bool:
+        return self.state in (State.THINKING, State.SPEAKING)
+
+    async def user_started_speaking(self) -> None:
+        """A new user turn begins; a reply still in flight is interrupted (barge-in)."""
+        if self.responding:
+            await self.interrupt("barge_in")
+        self.turn_id += 1
+        self.trace = TurnTrace(self.id, self.turn_id)
+        self.state = State.LISTENING
+
+    def user_said(self, text: str) -> str:
+        """Record the user's final words; returns the text the reply should answer.
+
+        If the previous reply was cut off before it made a sound, the user was most likely
+        still talking after a pause: their earlier words are joined to these.
+        """
+        text = " ".join(part for part in (self._unanswered, text.strip()) if part)
+        self._unanswered = ""
+        if text:
+            self.history.append(Message("user", text))
+            self.state = State.THINKING
+        return text
+
+    def assistant_emitted(self, chunk_text: str) -> None:
+        """The first audio of a reply chunk reached the output: it counts as said."""
+        self._emitted.append(chunk_text)
+        self.state = State.SPEAKING
+
+    def reply_finished(self, text: str) -> None:
+        if text.strip():
+            self.history.append(Message("assistant", text.strip()))
+        self._emitted.clear()
+        self._finish_turn()
+
+    def _finish_turn(self) -> None:
+        if self.trace.marks:
+            self.finished_traces.append(self.trace)
+        self.state = State.LISTENING
+
+    # -- interruption ----------------------------------------------------------------------
+
+    def on_interrupt(self, handler: InterruptHandler) -> None:
+        self._interrupt_handlers.append(handler)
+
+    async def interrupt(self, reason: str = "cancel") -> None:
+        """Cancel the reply in flight: bump the epoch, flush the graph, trim history."""
+        self.epoch += 1
+        self.interrupts += 1
+        said = " ".join(self._emitted).strip()
+        self._emitted.clear()
+        if said:
+            self.history.append(Message("assistant", said))
+        elif self.history and self.history[-1].role == "user":
+            self._unanswered = self.history.pop().content
+        self.trace.notes["interrupted"] = reason
+        self._finish_turn()
+        for handler in self._interrupt_handlers:
+            await handler(self.epoch, reason)
+
+    def truncate_reply(self, played_text: str) -> None:
+        """The client reports it played only `played_text` of the last reply."""
+        if self.history and self.history[-1].role == "assistant":
+            if played_text.strip():
+                self.history[-1].content = played_text.strip()
+            else:
+                self.history.pop()
