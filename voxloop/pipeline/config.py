@@ -27,7 +27,7 @@ class Section(BaseModel):
 
 
 class AudioSettings(Section):
-    input_sample_rate: int = Field(16000, description="the graph's inner rate; Silero and Whisper need 16 kHz")
+    input_sample_rate: int = Field(16000, description="inner rate; Silero and Whisper need 16 kHz")
     output_sample_rate: int = Field(24000, gt=0)
     frame_ms: int = Field(20, gt=0, le=200)
 
@@ -92,7 +92,7 @@ class SttSettings(Section):
 
 class LlmSettings(Section):
     backend: Literal["embedded", "openai"] = "embedded"
-    model: str = Field("smollm2-135m", description="embedded: an asset name or a .gguf path; openai: the model id")
+    model: str = Field("smollm2-135m", description="embedded: asset name or .gguf path; openai: model id")
     base_url: str = "http://127.0.0.1:8080/v1"
     api_key_env: str = Field("OPENAI_API_KEY", description="the environment variable holding the key")
     system_prompt: str = (

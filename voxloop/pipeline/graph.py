@@ -16,7 +16,6 @@ output, whose reader tells the client to flush its playback.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
@@ -25,6 +24,7 @@ from voxloop.pipeline.errors import FatalError
 from voxloop.pipeline.frames import EndOfInput, ErrorFrame, Frame, Interrupt
 from voxloop.pipeline.session import Session
 from voxloop.pipeline.stage import Stage
+from voxloop.pipeline.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -116,11 +116,7 @@ class Graph:
             yield frame
 
     async def close(self) -> None:
-        for task in self._runners:
-            task.cancel()
-        for task in self._runners:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._runners)
         self._runners.clear()
         for stage in self.stages:
             await stage.close()
@@ -195,7 +191,7 @@ class Graph:
         for lane in self._lanes[:-1]:
             await lane.put(self.session.make(Interrupt, reason=reason))
         if cancelled:
-            done, pending = await asyncio.wait(cancelled, timeout=CANCEL_TIMEOUT_S)
+            _, pending = await asyncio.wait(cancelled, timeout=CANCEL_TIMEOUT_S)
             if pending:
                 log.error(
                     "stage ignored cancellation",

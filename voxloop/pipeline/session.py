@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from voxloop.pipeline.clock import Clock, MonotonicClock
-from voxloop.pipeline.frames import Frame
+from voxloop.pipeline.frames import AudioOutput, Frame, ReplyDone
 from voxloop.pipeline.trace import TurnTrace
 
 F = TypeVar("F", bound=Frame)
@@ -52,6 +52,7 @@ class Session:
         self.interrupts = 0
         self._interrupt_handlers: list[InterruptHandler] = []
         self._emitted: list[str] = []  # chunks of the current reply that reached the output
+        self._emitted_chunk = -1
         self._unanswered: str = ""  # user text whose reply was cut before it made a sound
 
     # -- frames and marks ------------------------------------------------------------------
@@ -95,16 +96,30 @@ class Session:
             self.state = State.THINKING
         return text
 
-    def assistant_emitted(self, chunk_text: str) -> None:
-        """The first audio of a reply chunk reached the output: it counts as said."""
-        self._emitted.append(chunk_text)
-        self.state = State.SPEAKING
+    def output_sent(self, frame: Frame) -> None:
+        """Bookkeeping for a frame that left the graph for the user (speaker, socket, file).
+
+        The first audio of each reply chunk counts the chunk as said (for history on barge-in)
+        and the first audio of a turn sets the `first_audio_sent` mark.
+        """
+        if isinstance(frame, AudioOutput) and frame.epoch == self.epoch:
+            self.mark("first_audio_sent")
+            if frame.chunk_index != self._emitted_chunk:
+                self._emitted_chunk = frame.chunk_index
+                self._emitted.append(frame.chunk_text)
+            self.state = State.SPEAKING
+        elif isinstance(frame, ReplyDone) and frame.epoch == self.epoch:
+            self.reply_finished(frame.text)
 
     def reply_finished(self, text: str) -> None:
         if text.strip():
             self.history.append(Message("assistant", text.strip()))
-        self._emitted.clear()
+        self._reset_reply()
         self._finish_turn()
+
+    def _reset_reply(self) -> None:
+        self._emitted.clear()
+        self._emitted_chunk = -1
 
     def _finish_turn(self) -> None:
         if self.trace.marks:
@@ -121,7 +136,7 @@ class Session:
         self.epoch += 1
         self.interrupts += 1
         said = " ".join(self._emitted).strip()
-        self._emitted.clear()
+        self._reset_reply()
         if said:
             self.history.append(Message("assistant", said))
         elif self.history and self.history[-1].role == "user":
