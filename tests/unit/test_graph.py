@@ -67,7 +67,7 @@ async def test_a_failing_stage_yields_an_error_frame_and_the_graph_goes_on() -> 
 async def test_control_frames_overtake_queued_data() -> None:
     session = Session()
     lane = Lane(maxsize=8)
-    for word in "one two three".split():
+    for word in ["one", "two", "three"]:
         await lane.put(session.make(ReplyText, text=word))
     await lane.put(session.make(Interrupt, reason="test"))
     first = await lane.get()

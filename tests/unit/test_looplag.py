@@ -34,7 +34,10 @@ class Inference(StageBase):
 
 async def run_turns(worker: ModelWorker | None) -> LoopLagMonitor:
     session = Session()
-    async with LoopLagMonitor(interval_s=0.005) as monitor, Graph(session, [Inference(session, worker)]) as graph:
+    async with (
+        LoopLagMonitor(interval_s=0.005) as monitor,
+        Graph(session, [Inference(session, worker)]) as graph,
+    ):
         for _ in range(3):
             await graph.push(session.make(ReplyText, text="x"))
         outputs = graph.frames()
@@ -84,4 +87,3 @@ async def test_worker_stream_stops_the_producer_when_the_consumer_leaves() -> No
         assert len(produced) == count < 10, "the producer thread kept running after the consumer left"
     finally:
         worker.shutdown()
-

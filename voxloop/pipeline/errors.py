@@ -1,11 +1,11 @@
 """The exception hierarchy. Every error voxloop raises on purpose is a VoxloopError.
 
-    VoxloopError
-    ├── ConfigError          a setting is wrong: names the key, the value and the fix
-    ├── AssetError           a model asset is missing or corrupt: names the fix
-    └── StageError           a stage failed while processing
-        ├── TransientError   worth retrying or skipping this turn (timeouts, a server hiccup)
-        └── FatalError       the stage cannot go on (model failed to load)
+VoxloopError
+├── ConfigError          a setting is wrong: names the key, the value and the fix
+├── AssetError           a model asset is missing or corrupt: names the fix
+└── StageError           a stage failed while processing
+    ├── TransientError   worth retrying or skipping this turn (timeouts, a server hiccup)
+    └── FatalError       the stage cannot go on (model failed to load)
 """
 
 
