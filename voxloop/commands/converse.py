@@ -22,6 +22,7 @@ from voxloop.engine import Engines
 from voxloop.pipeline.assets import AssetStore
 from voxloop.pipeline.audio import decode_audio, resample, write_wav
 from voxloop.pipeline.config import Settings, load_settings
+from voxloop.pipeline.errors import InputError
 from voxloop.pipeline.frames import AudioInput, AudioOutput, EndOfInput, ErrorFrame, ReplyDone
 from voxloop.pipeline.graph import Graph
 from voxloop.pipeline.looplag import LoopLagMonitor
@@ -130,10 +131,19 @@ async def spoken(text: str, engines: Engines) -> np.ndarray:
     return resample(np.concatenate(parts), tts.sample_rate, 16000)
 
 
+def read_input(path: Path) -> np.ndarray:
+    try:
+        return decode_audio(path, rate=16000)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read audio from {path}: {exc}") from None
+
+
 async def converse_from_args(args: argparse.Namespace, settings: Settings) -> ConverseResult:
+    pcm = read_input(Path(args.input)) if args.input else None
     engines = await Engines.load(settings, AssetStore(settings.assets.cache_dir))
     try:
-        pcm = await spoken(args.say, engines) if args.say else decode_audio(Path(args.input), rate=16000)
+        if pcm is None:
+            pcm = await spoken(args.say, engines)
         return await converse(pcm, settings, realtime=not args.fast, engines=engines)
     finally:
         await engines.close()

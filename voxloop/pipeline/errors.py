@@ -21,6 +21,10 @@ class AssetError(VoxloopError):
     pass
 
 
+class InputError(VoxloopError):
+    pass
+
+
 class StageError(VoxloopError):
     pass
 
