@@ -5,10 +5,13 @@ from __future__ import annotations
 import csv
 import os
 import wave
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from voxloop.pipeline.assets import AssetStore
 
 REPO = Path(__file__).resolve().parents[1]
 EVAL_DIR = Path(os.environ.get("VOXLOOP_EVAL_DIR", REPO.parent / "shared" / "eval"))
@@ -38,3 +41,17 @@ def manifest(eval_dir: Path) -> list[dict[str, str]]:
 def conversations(eval_dir: Path) -> list[dict[str, str]]:
     with (eval_dir / "conversations.tsv").open(newline="") as f:
         return list(csv.DictReader(f, delimiter="\t"))
+
+
+# --- model assets: fetched once into the user's cache (or $VOXLOOP_CACHE_DIR) and shared ---
+# Imported here rather than at the top only because this block was appended to the file.
+
+@pytest.fixture(scope="session")
+def asset_store() -> AssetStore:
+    return AssetStore()
+
+
+@pytest.fixture(scope="session")
+def asset_dir(asset_store: AssetStore) -> Callable[[str], Path]:
+    """asset_dir("silero-vad") -> the cached directory of that asset, fetched first if needed."""
+    return asset_store.path

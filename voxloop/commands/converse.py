@@ -15,10 +15,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from voxloop.engine import Engines
 from voxloop.pipeline.assets import AssetStore
 from voxloop.pipeline.audio import decode_audio, resample, write_wav
 from voxloop.pipeline.config import Settings, load_settings
@@ -28,6 +28,9 @@ from voxloop.pipeline.graph import Graph
 from voxloop.pipeline.looplag import LoopLagMonitor
 from voxloop.pipeline.session import Session
 from voxloop.pipeline.trace import TurnTrace
+
+if TYPE_CHECKING:
+    from voxloop.engine import Engines
 
 TRAILING_SILENCE_S = 1.0
 
@@ -93,6 +96,8 @@ async def converse(
     pcm: np.ndarray, settings: Settings, *, realtime: bool = True, engines: Engines | None = None
 ) -> ConverseResult:
     """Run one conversation over `pcm` (16 kHz mono int16) and return its turns and audio."""
+    from voxloop.engine import Engines  # the models' libraries load only when needed
+
     own_engines = engines is None
     engines = engines or await Engines.load(settings, AssetStore(settings.assets.cache_dir))
     result = ConverseResult(load_s=dict(engines.load_s))
@@ -139,6 +144,8 @@ def read_input(path: Path) -> np.ndarray:
 
 
 async def converse_from_args(args: argparse.Namespace, settings: Settings) -> ConverseResult:
+    from voxloop.engine import Engines
+
     pcm = read_input(Path(args.input)) if args.input else None
     engines = await Engines.load(settings, AssetStore(settings.assets.cache_dir))
     try:
@@ -160,7 +167,9 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"turns": turns, "errors": result.errors, "load_s": result.load_s}, indent=2))
     else:
         print_result(result, Path(args.out) if args.out else None)
-        print(f"total: {time.perf_counter() - started:.1f} s (model load {sum(result.load_s.values()):.1f} s)")
+        print(
+            f"total: {time.perf_counter() - started:.1f} s (model load {sum(result.load_s.values()):.1f} s)"
+        )
     return 1 if result.errors and not result.turns else 0
 
 
@@ -173,8 +182,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     source.add_argument("--say", help="synthesise this text with the TTS voice and use it as the input")
     parser.add_argument("--out", help="where to write the spoken replies (WAV)")
     parser.add_argument("--config", help="settings file (default: the repo's config.yaml)")
-    parser.add_argument("--fast", action="store_true", help="stream faster than real time (latency is then not real)")
+    parser.add_argument(
+        "--fast", action="store_true", help="stream faster than real time (latencies then mean little)"
+    )
     parser.add_argument("--json", action="store_true", help="print turns and traces as JSON")
     parser.set_defaults(func=run)
-
-

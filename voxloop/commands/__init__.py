@@ -1,0 +1,1 @@
+"""Subcommands of the `voxloop` command line, one module each."""
