@@ -96,3 +96,8 @@ class Engines:
 
     async def close(self) -> None:
         await self.llm.close()
+        self.stt.close()
+        self.tts.close()
+        self.vad.close()
+        if self.wake is not None:
+            self.wake.close()

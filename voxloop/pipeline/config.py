@@ -79,13 +79,11 @@ class SttSettings(Section):
     logprob_threshold: float = Field(-1.0, le=0.0)
     phantom_phrases: list[str] = Field(
         default_factory=lambda: [
-            "thank you",
             "thanks for watching",
             "thank you for watching",
             "please subscribe",
             "subtitles by the amara.org community",
             "you",
-            "bye",
         ]
     )
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 
 from voxloop.pipeline.errors import FatalError
 from voxloop.pipeline.frames import EndOfInput, ErrorFrame, Frame, Interrupt
@@ -106,7 +106,7 @@ class Graph:
         """Feed a frame to the first stage; waits while the first lane is full (backpressure)."""
         await self._lanes[0].put(frame)
 
-    async def frames(self) -> AsyncIterator[Frame]:
+    async def frames(self) -> AsyncGenerator[Frame, None]:
         """The graph's output, stale frames already dropped."""
         while True:
             frame = await self.output.get()

@@ -18,8 +18,11 @@ from voxloop.pipeline.frames import Frame
 
 @runtime_checkable
 class Stage(Protocol):
-    name: str
-    handles: tuple[type[Frame], ...]
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def handles(self) -> tuple[type[Frame], ...]: ...
 
     def process(self, frame: Frame) -> AsyncIterator[Frame]: ...
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
@@ -31,7 +31,7 @@ class ModelWorker:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
 
-    async def stream(self, make_items: Callable[[], Iterator[T]], *, buffer: int = 64) -> AsyncIterator[T]:
+    async def stream(self, make_items: Callable[[], Iterator[T]], *, buffer: int = 64) -> AsyncGenerator[T, None]:
         """Iterate a blocking generator in the pool; stop it when the consumer goes away."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()

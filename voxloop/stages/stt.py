@@ -1,0 +1,307 @@
+"""Speech to text: faster-whisper (CTranslate2) on the utterances the VAD cut.
+
+    SpeechEnded(audio) ─► WhisperEngine (ModelWorker) ─► HallucinationGuard ─► Transcript
+
+Whisper invents text for noise, music and silence ("Thank you.", "you", "Music"). The guard
+drops such results with Whisper's own no-speech rule plus a few cheap text rules, so a cough
+or a door never starts a reply. Decoding is one greedy/beam pass at temperature 0: the
+temperature fallback of offline Whisper re-decodes up to six times on exactly the inputs the
+guard rejects, which costs latency and, by sampling, makes hallucinations more likely.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import ctranslate2
+from faster_whisper import WhisperModel
+
+from voxloop.pipeline.audio import pcm16_to_float32
+from voxloop.pipeline.config import SttSettings
+from voxloop.pipeline.errors import AssetError, ConfigError
+from voxloop.pipeline.frames import PCM16, Frame, SpeechEnded, Transcript
+from voxloop.pipeline.session import Session
+from voxloop.pipeline.stage import StageBase
+from voxloop.pipeline.workers import ModelWorker
+
+if TYPE_CHECKING:
+    from voxloop.pipeline.assets import AssetStore
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000  # Whisper's rate, and the graph's inner rate
+WHISPER_ASSETS = frozenset({"whisper-tiny.en", "whisper-base"})
+# The names CTranslate2 accepts; where a device lacks one, CTranslate2 falls back by itself.
+_FLOATS = ("float32", "float16", "bfloat16")
+COMPUTE_TYPES = frozenset({"default", "auto", "int16", "int8", *_FLOATS, *(f"int8_{f}" for f in _FLOATS)})
+# Tags Whisper learned from subtitles; with bracket tokens suppressed "[Music]" comes out as
+# "Music". They describe the sound, they are never words the user said.
+WHISPER_TAGS = ("music", "applause", "laughter", "silence", "blank audio", "inaudible", "no speech")
+_FILLER = re.compile(r"(h*m+|u+[hm]+|e+r+m*|a+h+)")  # hmm, mmm, uh, um, erm, ah
+_ANNOTATION = re.compile(r"\[[^\]]*\]|\([^)]*\)|♪+")
+_NOT_WORD = re.compile(r"[^\w\s']|_")
+
+
+# --- the guard (pure) -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """One decoded window, with the scores the guard judges it by."""
+
+    text: str
+    no_speech_prob: float
+    avg_logprob: float
+    compression_ratio: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    text: str
+    rejected_reason: str | None
+
+
+def normalise(text: str) -> str:
+    """Lower case, punctuation and symbols dropped, single spaces: how phrases are compared."""
+    return " ".join(_NOT_WORD.sub(" ", text.lower()).replace("'", "").split())
+
+
+class HallucinationGuard:
+    """Rules that tell a real transcript from Whisper's inventions. Pure: no model, no I/O.
+
+    Reasons a result is rejected: `too_short` (audio under `min_audio_s`); `no_speech`,
+    `low_confidence` and `repetitive` (every segment dropped by a score rule); `no_words` (only
+    punctuation, symbols or [annotations]); `phantom` (only known phantom phrases); `filler`
+    (only hmm/uh/um).
+    """
+
+    def __init__(
+        self,
+        *,
+        no_speech_threshold: float = 0.6,
+        logprob_threshold: float = -1.0,
+        phantom_phrases: Iterable[str] = (),
+        min_audio_s: float = 0.2,
+        compression_ratio_threshold: float = 2.4,
+        low_confidence_logprob: float = -2.0,
+    ) -> None:
+        self.no_speech_threshold = no_speech_threshold
+        self.logprob_threshold = logprob_threshold
+        # Far below Whisper's own threshold the text is noise whatever no_speech_prob says:
+        # music makes Whisper guess single words ("The", "So") at avg_logprob -2.4..-3.5, while
+        # speech on the eval set never went under -1.1.
+        self.low_confidence_logprob = low_confidence_logprob
+        self.min_audio_s = min_audio_s
+        self.compression_ratio_threshold = compression_ratio_threshold
+        phrases = {normalise(p) for p in (*phantom_phrases, *WHISPER_TAGS)} - {""}
+        # Longest first, so "thank you for watching" wins over "thank you".
+        alternatives = "|".join(re.escape(p) for p in sorted(phrases, key=len, reverse=True))
+        self._phantom = re.compile(rf"\b(?:{alternatives})\b") if alternatives else None
+
+    @classmethod
+    def from_settings(cls, settings: SttSettings) -> HallucinationGuard:
+        return cls(
+            no_speech_threshold=settings.no_speech_threshold,
+            logprob_threshold=settings.logprob_threshold,
+            phantom_phrases=settings.phantom_phrases,
+            low_confidence_logprob=min(-2.0, 2 * settings.logprob_threshold),
+        )
+
+    def too_short(self, duration_s: float) -> bool:
+        return duration_s < self.min_audio_s
+
+    def segment_rejection(self, segment: Segment) -> str | None:
+        # Whisper's rule: likely silence AND not confidently decoded; either alone is not enough.
+        if segment.no_speech_prob > self.no_speech_threshold and segment.avg_logprob < self.logprob_threshold:
+            return "no_speech"
+        if segment.avg_logprob < self.low_confidence_logprob:
+            return "low_confidence"
+        if segment.compression_ratio > self.compression_ratio_threshold:
+            return "repetitive"  # a decoding loop ("the the the ...")
+        return None
+
+    def judge(self, segments: Sequence[Segment]) -> Verdict:
+        reasons = [self.segment_rejection(s) for s in segments]
+        kept = [s.text.strip() for s, reason in zip(segments, reasons, strict=True) if reason is None]
+        if not kept:
+            return Verdict("", next((r for r in reasons if r), "empty"))
+        raw = " ".join(kept)
+        text = " ".join(_ANNOTATION.sub(" ", raw).split())
+        if not normalise(text):
+            return Verdict("", "no_words" if raw.strip() else "empty")
+        return Verdict(text, self.text_rejection(text))
+
+    def text_rejection(self, text: str) -> str | None:
+        """Why a decoded, annotation-free text is not something the user said, or None."""
+        words = normalise(text)
+        if not words:
+            return "no_words" if text.strip() else "empty"
+        if self._phantom is not None and not self._phantom.sub(" ", words).strip():
+            return "phantom"
+        if all(_FILLER.fullmatch(word) for word in words.split()):
+            return "filler"
+        return None
+
+
+# --- the engine (shared, blocking) ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SttResult:
+    """A transcription. Scores are NaN when nothing was decoded (audio too short)."""
+
+    text: str
+    language: str
+    no_speech_prob: float
+    avg_logprob: float
+    rejected_reason: str | None = None
+
+    @property
+    def accepted(self) -> bool:
+        return self.rejected_reason is None and bool(self.text)
+
+
+class WhisperEngine:
+    """One loaded Whisper model, shared by every session; blocking work runs in `worker`."""
+
+    def __init__(self, model: WhisperModel, settings: SttSettings, *, name: str = "whisper") -> None:
+        self.model = model
+        self.settings = settings
+        self.guard = HallucinationGuard.from_settings(settings)
+        self.worker = ModelWorker(f"stt-{name}")
+
+    def transcribe(self, pcm16: PCM16) -> SttResult:
+        """Transcribe one utterance of 16 kHz mono int16 audio (blocking)."""
+        language = self.settings.language or ""
+        if self.guard.too_short(len(pcm16) / SAMPLE_RATE):
+            return SttResult("", language, math.nan, math.nan, "too_short")
+        raw, info = self.model.transcribe(
+            pcm16_to_float32(pcm16),
+            language=self.settings.language,
+            beam_size=self.settings.beam_size,
+            temperature=0.0,
+            without_timestamps=True,
+            condition_on_previous_text=False,
+            vad_filter=False,  # our VAD already cut the utterance
+            # The guard applies these rules itself, so it can say why it rejected a result.
+            no_speech_threshold=None,
+            log_prob_threshold=None,
+            compression_ratio_threshold=None,
+        )
+        segments = [Segment(s.text, s.no_speech_prob, s.avg_logprob, s.compression_ratio) for s in raw]
+        verdict = self.guard.judge(segments)
+        return SttResult(
+            text=verdict.text,
+            language=info.language,
+            no_speech_prob=max((s.no_speech_prob for s in segments), default=math.nan),
+            avg_logprob=_mean([s.avg_logprob for s in segments]),
+            rejected_reason=verdict.rejected_reason,
+        )
+
+    async def atranscribe(self, pcm16: PCM16) -> SttResult:
+        return await self.worker.run(self.transcribe, pcm16)
+
+    def close(self) -> None:
+        self.worker.shutdown()
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+def load_whisper(settings: SttSettings, store: AssetStore) -> WhisperEngine:
+    """Load the Whisper model `settings` names (blocking; call once at startup)."""
+    device = resolve_device(settings.device)
+    if settings.compute_type not in COMPUTE_TYPES:
+        raise ConfigError(
+            f"stt.compute_type = {settings.compute_type!r} is not a CTranslate2 compute type; "
+            f"use one of {', '.join(sorted(COMPUTE_TYPES))} (int8 is the fast CPU choice)"
+        )
+    source = resolve_model(settings.model, store)
+    try:
+        model = WhisperModel(
+            source, device=device, compute_type=settings.compute_type, cpu_threads=settings.threads
+        )
+    except Exception as exc:
+        raise AssetError(
+            f"cannot load the Whisper model stt.model = {settings.model!r} (from {source}): {exc}. "
+            f"Use an asset name ({', '.join(sorted(WHISPER_ASSETS))}), a directory holding a "
+            "CTranslate2 Whisper model (model.bin, config.json, tokenizer.json), or a hub name "
+            "that can be downloaded from here."
+        ) from exc
+    if settings.language is not None and settings.language not in model.supported_languages:
+        only = " (the model is English-only)" if model.supported_languages == ["en"] else ""
+        raise ConfigError(
+            f"stt.language = {settings.language!r} is not supported by {settings.model}{only}; "
+            "use a language code the model knows, a multilingual model such as whisper-base, "
+            "or language: null to detect it"
+        )
+    log.info("whisper loaded", extra={"event": "stt_model_loaded", "model": settings.model, "device": device})
+    return WhisperEngine(model, settings, name=Path(source).name or settings.model)
+
+
+def resolve_device(device: str) -> str:
+    gpus = ctranslate2.get_cuda_device_count()
+    if device == "auto":
+        return "cuda" if gpus > 0 else "cpu"
+    if device == "cuda" and gpus == 0:
+        raise ConfigError("stt.device = 'cuda' but CTranslate2 sees no CUDA GPU; use 'cpu' or 'auto'")
+    return device
+
+
+def resolve_model(name: str, store: AssetStore) -> str:
+    """An existing local dir as-is; a known asset name → its cached dir; else a hub/size name."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path)
+    if name in WHISPER_ASSETS:
+        return str(store.path(name))
+    if path.exists():
+        raise ConfigError(f"stt.model = {name!r} is a file; name the directory that holds model.bin")
+    if name.startswith(("/", "./", "../", "~")):
+        raise AssetError(f"stt.model = {name!r}: no such directory; check the path")
+    return name
+
+
+# --- the stage ------------------------------------------------------------------------------
+
+
+class SttStage(StageBase):
+    """SpeechEnded → Transcript (final), or nothing when the guard rejects what Whisper heard."""
+
+    name = "stt"
+    handles: tuple[type[Frame], ...] = (SpeechEnded,)
+
+    def __init__(self, session: Session, settings: SttSettings, engine: WhisperEngine) -> None:
+        self.session = session
+        self.settings = settings
+        self.engine = engine
+
+    async def process(self, frame: Frame) -> AsyncIterator[Frame]:
+        if not isinstance(frame, SpeechEnded):
+            return
+        started = time.perf_counter()
+        result = await self.engine.atranscribe(frame.audio)
+        self.session.mark("stt_final")
+        facts = {
+            "audio_s": round(len(frame.audio) / SAMPLE_RATE, 3),
+            "stt_ms": round((time.perf_counter() - started) * 1000, 1),
+            "no_speech_prob": round(result.no_speech_prob, 3),
+            "avg_logprob": round(result.avg_logprob, 3),
+            "turn_id": frame.turn_id,
+        }
+        if not result.accepted:
+            # The user's turn produced no words: the session stays LISTENING.
+            extra = {"event": "stt_rejected", "reason": result.rejected_reason, **facts}
+            log.info("transcript rejected", extra=extra)
+            return
+        log.info("transcript final", extra={"event": "stt_final", "chars": len(result.text), **facts})
+        self.session.user_said(result.text)
+        yield self.session.make(Transcript, text=result.text, final=True, language=result.language)
