@@ -73,7 +73,10 @@ async def bench_llm(engines: Engines, runs: int = 3) -> dict[str, Any]:
     settings = engines.settings.llm
     first_ms, tok_s = [], []
     for prompt in VOICE_PROMPTS * runs:
-        messages = [{"role": "system", "content": settings.system_prompt}, {"role": "user", "content": prompt}]
+        messages = [
+            {"role": "system", "content": settings.system_prompt},
+            {"role": "user", "content": prompt},
+        ]
         start = time.perf_counter()
         first = None
         pieces = 0
@@ -116,7 +119,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     settings = load_settings(args.config)
     rss_before = rss_mb()
     engines = await Engines.load(settings)
-    result: dict[str, Any] = {"load_s": engines.load_s, "rss_mb_after_load": rss_mb(), "rss_mb_before": rss_before}
+    result: dict[str, Any] = {
+        "load_s": engines.load_s,
+        "rss_mb_after_load": rss_mb(),
+        "rss_mb_before": rss_before,
+    }
     try:
         clips = gold_utterances(args.limit)
         print(f"STT real-time factor on {len(clips)} clips…", flush=True)
@@ -144,12 +151,15 @@ def report(result: dict[str, Any]) -> None:
         f"LLM first token: median {llm['first_token_ms'].get('median', float('nan')):.0f} ms; "
         f"{llm['deltas_per_s'].get('median', float('nan')):.0f} tokens/s"
     )
-    print(f"RSS after loading all models: {result['rss_mb_after_load']:.0f} MB (end: {result['rss_mb_end']:.0f} MB)")
+    rss = result["rss_mb_after_load"], result["rss_mb_end"]
+    print(f"RSS after loading all models: {rss[0]:.0f} MB (at the end: {rss[1]:.0f} MB)")
     print(f"model load times (s): {result['load_s']}")
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--limit", type=int, default=20, help="how many gold utterances (default 20)")
     parser.add_argument("--config", help="settings file (default: config.yaml)")
     parser.add_argument("--out", default="out/bench_turn.json")

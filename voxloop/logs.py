@@ -21,8 +21,11 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
 
 class KeyValueFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        fields = " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in _fields(record).items())
-        line = f"{self.formatTime(record, '%H:%M:%S')} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        fields = " ".join(
+            f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in _fields(record).items()
+        )
+        when = self.formatTime(record, "%H:%M:%S")
+        line = f"{when} {record.levelname:<7} {record.name}: {record.getMessage()}"
         line = f"{line} {fields}" if fields else line
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
@@ -31,7 +34,8 @@ class KeyValueFormatter(logging.Formatter):
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        data = {"t": record.created, "level": record.levelname, "logger": record.name, "msg": record.getMessage()}
+        data = {"t": record.created, "level": record.levelname, "logger": record.name}
+        data["msg"] = record.getMessage()
         data.update(_fields(record))
         if record.exc_info:
             data["exc"] = self.formatException(record.exc_info)

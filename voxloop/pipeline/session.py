@@ -50,6 +50,7 @@ class Session:
         self.trace = TurnTrace(self.id, 0)
         self.finished_traces: list[TurnTrace] = []
         self.interrupts = 0
+        self.user_speaking = False  # between the VAD's speech start and its endpoint
         self._interrupt_handlers: list[InterruptHandler] = []
         self._emitted: list[str] = []  # chunks of the current reply that reached the output
         self._emitted_chunk = -1
@@ -82,6 +83,13 @@ class Session:
         self.turn_id += 1
         self.trace = TurnTrace(self.id, self.turn_id)
         self.state = State.LISTENING
+        self.user_speaking = True
+
+    def user_stopped_speaking(self, speech_end_ns: int) -> None:
+        """The VAD decided the utterance is over; its last voiced sample arrived at `speech_end_ns`."""
+        self.user_speaking = False
+        self.mark("speech_end", speech_end_ns)
+        self.mark("endpoint")
 
     def user_said(self, text: str) -> str:
         """Record the user's final words; returns the text the reply should answer.
