@@ -84,7 +84,7 @@ def test_phantom_phrases_alone_are_rejected(guard: HallucinationGuard, text: str
     assert reason in ("phantom", "no_words")
 
 
-def test_short_thanks_is_kept_when_heard_clearly_but_not_when_heard_in_noise(guard: HallucinationGuard) -> None:
+def test_short_thanks_is_kept_when_clear_but_not_in_noise(guard: HallucinationGuard) -> None:
     # A user may well say just "Thank you." or "Bye." to an assistant: only the scores can tell
     # that from Whisper's favourite hallucination on noise.
     for text in ("Thank you.", "Bye."):

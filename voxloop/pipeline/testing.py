@@ -29,6 +29,7 @@ class ScriptedLlm(StageBase):
         self.cancelled = 0
 
     async def process(self, frame: Frame) -> AsyncIterator[Frame]:
+        yield frame  # like the real LLM stage, pass the user's words on
         try:
             await asyncio.sleep(self.first_token_s)
             for index, word in enumerate(self.reply.split(" ")):

@@ -1,0 +1,518 @@
+"""The OpenAI-compatible client and the LLM stage against a scripted local HTTP server.
+
+The server speaks HTTP/1.1 with chunked transfer encoding and the OpenAI SSE wire format, and
+can misbehave on cue: error statuses, malformed JSON, stalls, or holding the stream open to see
+whether the client hangs up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import pytest
+
+from voxloop.pipeline.config import LlmSettings
+from voxloop.pipeline.errors import ConfigError, TransientError
+from voxloop.pipeline.frames import ErrorFrame, Frame, ReplyChunk, ReplyDone, ReplyText, Transcript
+from voxloop.pipeline.graph import Graph
+from voxloop.pipeline.session import Message, Session
+from voxloop.stages.chunker import ChunkerStage
+from voxloop.stages.llm import FALLBACK_REPLY, LlmStage, build_messages, load_llm
+from voxloop.stages.llm.openai_compat import OpenAICompatBackend, SseDecoder, parse_chunk
+
+# No `no_leaked_tasks` here: when a stream stops at [DONE] before the body's last byte, httpx's
+# own nested async generators are finalized by the event loop a moment later, as tasks.
+
+T = TypeVar("T")
+
+HI = [{"role": "user", "content": "hi"}]
+
+
+def chunk(content: str | None = None, finish: str | None = None, role: str | None = None) -> dict[str, Any]:
+    delta = {k: v for k, v in (("role", role), ("content", content)) if v is not None}
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+
+
+def event(data: dict[str, Any] | str, eol: str = "\n") -> bytes:
+    text = data if isinstance(data, str) else json.dumps(data)
+    return f"data: {text}{eol}{eol}".encode()
+
+
+def sse(*contents: str, done: bool = True) -> list[bytes | float]:
+    """A well-formed reply: a role chunk, one chunk per content, a finish chunk, [DONE]."""
+    parts: list[bytes | float] = [event(chunk(role="assistant"))]
+    parts += [event(chunk(c)) for c in contents]
+    parts.append(event(chunk(finish="stop")))
+    if done:
+        parts.append(event("[DONE]"))
+    return parts
+
+
+@dataclass
+class Reply:
+    parts: list[bytes | float] = field(default_factory=list)  # bytes to send, or seconds to wait
+    status: int = 200
+    content_type: str = "text/event-stream"
+    hold: bool = False  # after the parts, keep the response open until the client hangs up
+    delay_headers_s: float = 0.0
+
+
+@dataclass
+class Request:
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+
+class ScriptedServer:
+    """Answers each request with the next scripted Reply; records requests and hang-ups."""
+
+    def __init__(self) -> None:
+        self.replies: list[Reply] = []
+        self.requests: list[Request] = []
+        self.disconnected = asyncio.Event()
+        self.url = ""
+        self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}/v1"
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in list(self._handlers):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        try:
+            await self._serve(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            self.disconnected.set()
+        finally:
+            self._handlers.discard(task)
+            writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode()
+        request_line, *lines = head.strip().split("\r\n")
+        headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+        body = json.loads(await reader.readexactly(int(headers.get("content-length", "0"))) or b"{}")
+        self.requests.append(Request(request_line.split()[1], headers, body))
+        reply = self.replies.pop(0) if self.replies else Reply(sse("ok"))
+        await asyncio.sleep(reply.delay_headers_s)
+        writer.write(
+            f"HTTP/1.1 {reply.status} X\r\ncontent-type: {reply.content_type}\r\n"
+            "transfer-encoding: chunked\r\nconnection: close\r\n\r\n".encode()
+        )
+        for part in reply.parts:
+            if isinstance(part, float):
+                await asyncio.sleep(part)
+                continue
+            writer.write(b"%x\r\n%s\r\n" % (len(part), part))
+            await writer.drain()
+        if reply.hold:
+            await reader.read()  # returns b"" once the client closes the connection
+            self.disconnected.set()
+            return
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[ScriptedServer]:
+    scripted = ScriptedServer()
+    await scripted.start()
+    yield scripted
+    await scripted.stop()
+
+
+def settings_for(server: ScriptedServer, **overrides: Any) -> LlmSettings:
+    values: dict[str, Any] = {
+        "backend": "openai",
+        "model": "test-model",
+        "base_url": server.url,
+        "api_key_env": "VOXLOOP_TEST_KEY",
+        "first_token_timeout_s": 5.0,
+        "total_timeout_s": 10.0,
+        **overrides,
+    }
+    return LlmSettings(**values)
+
+
+@pytest.fixture
+async def backend(server: ScriptedServer) -> AsyncIterator[OpenAICompatBackend]:
+    client = OpenAICompatBackend(settings_for(server), env={})
+    yield client
+    await client.close()
+
+
+async def collect(client: OpenAICompatBackend, messages: list[dict[str, str]] = HI) -> list[str]:
+    return [delta async for delta in client.stream(messages, max_tokens=32, temperature=0.2)]
+
+
+async def drain(items: AsyncIterator[T], into: list[T]) -> None:
+    """Append each item to `into`, so a test can see what came before an exception."""
+    async for item in items:
+        into.append(item)
+
+
+# --- the wire format ------------------------------------------------------------------------
+
+
+async def test_a_normal_stream_yields_each_delta(
+    server: ScriptedServer, backend: OpenAICompatBackend
+) -> None:
+    server.replies.append(Reply(sse("Hello", " there", "!")))
+    messages = [{"role": "system", "content": "be brief"}, *HI]
+    assert await collect(backend, messages) == ["Hello", " there", "!"]
+    request = server.requests[0]
+    assert request.path == "/v1/chat/completions"
+    assert request.body == {
+        "model": "test-model",
+        "messages": messages,
+        "stream": True,
+        "max_tokens": 32,
+        "temperature": 0.2,
+    }
+    assert "authorization" not in request.headers
+
+
+async def test_the_stream_ends_at_done_even_if_the_server_keeps_it_open(
+    server: ScriptedServer, backend: OpenAICompatBackend
+) -> None:
+    # Anything after [DONE] is ignored, and the client does not wait for the server to close.
+    server.replies.append(Reply([*sse("a", "b"), event("not json at all")], hold=True))
+    assert await asyncio.wait_for(collect(backend), 5) == ["a", "b"]
+    await asyncio.wait_for(server.disconnected.wait(), 5)
+
+
+async def test_a_finish_reason_without_done_is_a_complete_reply(
+    server: ScriptedServer, backend: OpenAICompatBackend
+) -> None:
+    server.replies.append(Reply(sse("a", "b", done=False)))
+    assert await collect(backend) == ["a", "b"]
+
+
+async def test_a_stream_cut_short_is_an_error(server: ScriptedServer, backend: OpenAICompatBackend) -> None:
+    server.replies.append(Reply([event(chunk("a")), event(chunk("b"))]))
+    with pytest.raises(TransientError, match="ended the stream before the reply was finished"):
+        await collect(backend)
+
+
+async def test_keepalives_comments_and_crlf_are_tolerated(
+    server: ScriptedServer, backend: OpenAICompatBackend
+) -> None:
+    usage = {"id": "x", "object": "chat.completion.chunk", "choices": [], "usage": {"total_tokens": 3}}
+    parts: list[bytes | float] = [
+        b": keepalive\r\n\r\n",
+        event(chunk(role="assistant"), eol="\r\n"),
+        b"event: message\r\nid: 7\r\n" + event(chunk("Hel"), eol="\r\n"),
+        b": ping\n\n",
+        # one event split across two network writes, in the middle of a line
+        event(chunk("lo"))[:9],
+        event(chunk("lo"))[9:],
+        event(usage),
+        event(chunk(finish="stop"), eol="\r\n"),
+        b"data: [DONE]\r\n\r\n",
+    ]
+    server.replies.append(Reply(parts))
+    assert await collect(backend) == ["Hel", "lo"]
+
+
+async def test_a_server_error_names_the_status_and_the_servers_message(
+    server: ScriptedServer, backend: OpenAICompatBackend
+) -> None:
+    body = json.dumps({"error": {"message": "model crashed", "type": "server_error"}}).encode()
+    server.replies.append(Reply([body], status=500, content_type="application/json"))
+    with pytest.raises(TransientError, match=r"answered 500: model crashed"):
+        await collect(backend)
+    server.replies.append(Reply([b"<html>Bad gateway</html>"], status=502, content_type="text/html"))
+    with pytest.raises(TransientError, match=r"answered 502: <html>Bad gateway</html>"):
+        await collect(backend)
+
+
+async def test_not_found_points_at_the_base_url(server: ScriptedServer, backend: OpenAICompatBackend) -> None:
+    server.replies.append(Reply([b"Not Found"], status=404, content_type="text/plain"))
+    with pytest.raises(TransientError, match=r"answered 404 \(Not Found\): check llm.base_url"):
+        await collect(backend)
+
+
+async def test_a_json_answer_instead_of_a_stream_is_an_error(
+    server: ScriptedServer, backend: OpenAICompatBackend
+) -> None:
+    server.replies.append(Reply([b'{"choices": []}'], content_type="application/json"))
+    with pytest.raises(TransientError, match="instead of an event stream"):
+        await collect(backend)
+
+
+async def test_malformed_json_is_an_error(server: ScriptedServer, backend: OpenAICompatBackend) -> None:
+    server.replies.append(Reply([event(chunk("ok")), b"data: {not json\n\n"]))
+    deltas: list[str] = []
+    with pytest.raises(TransientError, match=r"malformed stream .*'\{not json' is not JSON"):
+        await drain(backend.stream(HI, max_tokens=8, temperature=0), deltas)
+    assert deltas == ["ok"]
+
+
+async def test_an_error_event_mid_stream_is_an_error(
+    server: ScriptedServer, backend: OpenAICompatBackend
+) -> None:
+    server.replies.append(Reply([event(chunk("ok")), event({"error": {"message": "out of memory"}})]))
+    with pytest.raises(TransientError, match="failed mid-reply: out of memory"):
+        await collect(backend)
+
+
+async def test_connection_refused_says_to_start_the_server() -> None:
+    with socket.socket() as sock:  # a port that was free a moment ago and has no listener now
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/v1"
+    client = OpenAICompatBackend(LlmSettings(backend="openai", base_url=url), env={})
+    try:
+        with pytest.raises(TransientError) as caught:
+            await collect(client)
+    finally:
+        await client.close()
+    assert str(caught.value) == (
+        f"LLM server at {url} is unreachable (connection refused): start it or set llm.base_url"
+    )
+
+
+@pytest.mark.parametrize("stall", ["before_headers", "after_headers"])
+async def test_no_first_token_in_time_is_a_timeout(server: ScriptedServer, stall: str) -> None:
+    if stall == "before_headers":
+        server.replies.append(Reply(sse("late"), delay_headers_s=3.0))
+    else:
+        server.replies.append(Reply([event(chunk(role="assistant")), 3.0, *sse("late")]))
+    client = OpenAICompatBackend(settings_for(server, first_token_timeout_s=0.3), env={})
+    try:
+        with pytest.raises(TransientError, match=r"no first token within 0.3 s"):
+            await collect(client)
+    finally:
+        await client.close()
+
+
+async def test_a_reply_that_takes_too_long_is_a_timeout(server: ScriptedServer) -> None:
+    slow: list[bytes | float] = []
+    for word in ["one", " two", " three", " four", " five"]:
+        slow += [event(chunk(word)), 0.2]
+    server.replies.append(Reply(slow))
+    client = OpenAICompatBackend(settings_for(server, first_token_timeout_s=0.3, total_timeout_s=0.5), env={})
+    deltas: list[str] = []
+    try:
+        with pytest.raises(TransientError, match=r"not finished within 0.5 s"):
+            await drain(client.stream(HI, max_tokens=8, temperature=0), deltas)
+    finally:
+        await client.close()
+    assert deltas[:2] == ["one", " two"]  # later tokens get the whole-reply deadline, not the first-token one
+    assert len(deltas) < 5
+
+
+async def test_the_api_key_is_sent_from_the_named_variable_and_never_logged(
+    server: ScriptedServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    client = OpenAICompatBackend(settings_for(server), env={"VOXLOOP_TEST_KEY": "sk-secret-123"})
+    try:
+        assert await collect(client) == ["ok"]
+    finally:
+        await client.close()
+    assert server.requests[0].headers["authorization"] == "Bearer sk-secret-123"
+    assert caplog.records, "expected the request to be logged"
+    assert all("sk-secret-123" not in record.getMessage() + str(record.__dict__) for record in caplog.records)
+
+
+async def test_cancelling_mid_stream_closes_the_connection(server: ScriptedServer) -> None:
+    server.replies.append(Reply([event(chunk("one")), event(chunk(" two"))], hold=True))
+    client = OpenAICompatBackend(settings_for(server), env={})
+    got: list[str] = []
+    two = asyncio.Event()
+
+    async def consume() -> None:
+        async for delta in client.stream(HI, max_tokens=8, temperature=0):
+            got.append(delta)
+            if len(got) == 2:
+                two.set()
+
+    task = asyncio.create_task(consume())
+    try:
+        await asyncio.wait_for(two.wait(), 5)
+        assert not server.disconnected.is_set()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.wait_for(server.disconnected.wait(), 5)  # the server saw the hang-up
+    finally:
+        await client.close()
+    assert got == ["one", " two"]
+
+
+async def test_leaving_the_stream_early_closes_the_connection(server: ScriptedServer) -> None:
+    server.replies.append(Reply([event(chunk("one")), event(chunk(" two"))], hold=True))
+    client = OpenAICompatBackend(settings_for(server), env={})
+    deltas = client.stream(HI, max_tokens=8, temperature=0)
+    try:
+        assert await anext(deltas) == "one"
+        await deltas.aclose()  # what a consumer does when it stops reading (LlmStage does)
+        await asyncio.wait_for(server.disconnected.wait(), 5)
+    finally:
+        await client.close()
+
+
+async def test_load_llm_builds_the_openai_backend_without_touching_the_network(
+    server: ScriptedServer,
+) -> None:
+    backend = load_llm(settings_for(server), store=None)  # type: ignore[arg-type]  # unused for openai
+    try:
+        assert isinstance(backend, OpenAICompatBackend) and backend.name == "openai"
+        assert server.requests == []
+    finally:
+        await backend.close()
+
+
+def test_a_base_url_without_a_scheme_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"llm.base_url = '127.0.0.1:8080/v1': must be an http\(s\) URL"):
+        OpenAICompatBackend(LlmSettings(backend="openai", base_url="127.0.0.1:8080/v1"), env={})
+
+
+def test_sse_decoder_joins_data_lines_and_skips_the_rest() -> None:
+    decoder = SseDecoder()
+    lines = [": comment", "event: message", "data: a", "data:b", "id: 3", "", "data: last"]
+    assert [decoder.feed(line) for line in lines] == [None, None, None, None, None, "a\nb", None]
+    assert decoder.end() == "last"
+    assert parse_chunk(json.dumps(chunk("x", finish="stop")), "s").finished
+    assert parse_chunk(" [DONE]", "s").finished
+
+
+# --- the stage ------------------------------------------------------------------------------
+
+
+def test_build_messages_keeps_the_last_messages_and_ends_with_the_user() -> None:
+    history = [Message("user", f"u{i}") if i % 2 == 0 else Message("assistant", f"a{i}") for i in range(5)]
+    assert build_messages("sys", history, 3, "u4") == [
+        {"role": "system", "content": "sys"},
+        {"role": "user", "content": "u2"},
+        {"role": "assistant", "content": "a3"},
+        {"role": "user", "content": "u4"},
+    ]
+    assert build_messages("", history, 0, "u4") == [{"role": "user", "content": "u4"}]
+    assert build_messages("sys", history[:2], 4, "new")[-1] == {"role": "user", "content": "new"}
+
+
+async def run_stage(stage: LlmStage, frame: Frame) -> list[Frame]:
+    return [out async for out in stage.process(frame)]
+
+
+async def test_the_stage_streams_the_reply_and_marks_the_first_token(server: ScriptedServer) -> None:
+    server.replies.append(Reply(sse("", "Paris", " it", " is.")))
+    settings = settings_for(server, system_prompt="Be brief.", max_history_messages=2)
+    session = Session()
+    session.history += [Message("user", "old question"), Message("assistant", "old answer")]
+    session.user_said("capital of France?")
+    client = OpenAICompatBackend(settings, env={})
+    try:
+        out = await run_stage(
+            LlmStage(session, settings, client), session.make(Transcript, text="capital of France?")
+        )
+    finally:
+        await client.close()
+    assert [(type(f), getattr(f, "text", None)) for f in out] == [
+        (Transcript, "capital of France?"),  # passed on first, for the transport to show
+        (ReplyText, "Paris"),
+        (ReplyText, " it"),
+        (ReplyText, " is."),
+        (ReplyDone, "Paris it is."),
+    ]
+    assert "llm_first_token" in session.trace.marks
+    assert session.trace.marks["llm_first_token"] <= out[1].t_ns
+    assert server.requests[0].body["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "assistant", "content": "old answer"},
+        {"role": "user", "content": "capital of France?"},
+    ]
+
+
+async def test_the_stage_ignores_partial_transcripts(
+    server: ScriptedServer, backend: OpenAICompatBackend
+) -> None:
+    session = Session()
+    stage = LlmStage(session, settings_for(server), backend)
+    for transcript in (session.make(Transcript, text="capital of", final=False), session.make(Transcript)):
+        assert await run_stage(stage, transcript) == [transcript]  # passed on, not answered
+    assert server.requests == []
+
+
+async def test_the_stage_apologises_then_raises_when_the_server_fails(
+    server: ScriptedServer, backend: OpenAICompatBackend
+) -> None:
+    server.replies.append(Reply([b"overloaded"], status=503, content_type="text/plain"))
+    session = Session()
+    session.user_said("hello")
+    stage = LlmStage(session, settings_for(server), backend)
+    out: list[Frame] = []
+    with pytest.raises(TransientError, match="answered 503: overloaded"):
+        await drain(stage.process(session.make(Transcript, text="hello")), out)
+    assert [(type(f), getattr(f, "text", None)) for f in out] == [
+        (Transcript, "hello"),
+        (ReplyText, FALLBACK_REPLY),
+        (ReplyDone, FALLBACK_REPLY),
+    ]
+    assert "llm_first_token" not in session.trace.marks
+
+
+async def test_a_reply_cut_off_mid_stream_ends_with_the_apology(
+    server: ScriptedServer, backend: OpenAICompatBackend
+) -> None:
+    server.replies.append(Reply([event(chunk("The answer")), event(chunk(" is")), b"data: {oops\n\n"]))
+    session = Session()
+    session.user_said("question")
+    out: list[Frame] = []
+    stage = LlmStage(session, settings_for(server), backend)
+    with pytest.raises(TransientError, match="malformed stream"):
+        await drain(stage.process(session.make(Transcript, text="question")), out)
+    texts = [f.text for f in out if isinstance(f, ReplyText)]
+    assert texts == ["The answer", " is", "\n" + FALLBACK_REPLY]
+    assert isinstance(out[-1], ReplyDone) and out[-1].text == f"The answer is {FALLBACK_REPLY}"
+
+
+async def test_in_a_graph_a_failure_is_spoken_and_reported(server: ScriptedServer) -> None:
+    server.replies.append(Reply([b"boom"], status=500, content_type="text/plain"))
+    session = Session()
+    settings = settings_for(server)
+    client = OpenAICompatBackend(settings, env={})
+    graph = Graph(session, [LlmStage(session, settings, client), ChunkerStage(session)])
+    out: list[Frame] = []
+    async with graph:
+        await session.user_started_speaking()
+        session.user_said("hello")
+        await graph.push(session.make(Transcript, text="hello"))
+        async for frame in graph.frames():
+            out.append(frame)
+            if len(out) == 4:  # transcript, apology chunk, error, reply done
+                break
+    await client.close()
+    chunks = [f.text for f in out if isinstance(f, ReplyChunk)]
+    errors = [f for f in out if isinstance(f, ErrorFrame)]
+    assert chunks == [FALLBACK_REPLY]
+    assert any(isinstance(f, ReplyDone) for f in out)
+    assert len(errors) == 1 and errors[0].stage == "llm" and not errors[0].fatal
+    assert "answered 500: boom" in errors[0].message

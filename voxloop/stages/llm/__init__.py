@@ -1,0 +1,127 @@
+"""The LLM stage: answers the user's final transcript with a streamed reply.
+
+    ChatBackend      the one-method interface a model sits behind: stream(messages) -> deltas
+    load_llm         the backend that settings.backend names (embedded llama.cpp, or openai)
+    build_messages   system prompt + the recent history, the pure core of a request
+    LlmStage         the adapter: Transcript in, ReplyText deltas and a ReplyDone out
+
+The user's words are expected in `session.history` already (Session.user_said, called where
+the final transcript is made); the stage reads history and never writes it: the session
+commits the reply when its ReplyDone reaches the output, or what was played of it on barge-in.
+
+When the backend fails for this turn (TransientError: server down, timeout), the stage still
+finishes the reply with a short spoken apology before re-raising, so the user hears something
+and the graph reports the error. Users prefer that to silence.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Protocol
+
+from voxloop.pipeline.config import LlmSettings
+from voxloop.pipeline.errors import TransientError
+from voxloop.pipeline.frames import Frame, ReplyDone, ReplyText, Transcript
+from voxloop.pipeline.session import Message, Session
+from voxloop.pipeline.stage import StageBase
+
+if TYPE_CHECKING:
+    from voxloop.pipeline.assets import AssetStore
+
+log = logging.getLogger(__name__)
+
+FALLBACK_REPLY = "Sorry, I can't answer right now."
+
+
+class ChatBackend(Protocol):
+    name: str
+
+    def stream(
+        self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float
+    ) -> AsyncIterator[str]:
+        """The reply as text deltas. Leaving the iteration early stops generation."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def load_llm(settings: LlmSettings, store: AssetStore) -> ChatBackend:
+    """The backend settings.backend names, loaded (blocking for the embedded model: call at startup)."""
+    if settings.backend == "openai":
+        from voxloop.stages.llm.openai_compat import OpenAICompatBackend
+
+        return OpenAICompatBackend(settings)
+    from voxloop.stages.llm.embedded import EmbeddedLlamaBackend
+
+    return EmbeddedLlamaBackend.load(settings, store)
+
+
+def build_messages(
+    system_prompt: str, history: Sequence[Message], max_history: int, user_text: str
+) -> list[dict[str, str]]:
+    """The system prompt, then the last `max_history` messages, ending with the user's turn.
+
+    If the window does not end with a user message (history not updated, or max_history 0),
+    `user_text` is added as one, so the model always has the question.
+    """
+    recent = list(history[-max_history:]) if max_history > 0 else []
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt.strip() else []
+    messages.extend(message.as_dict() for message in recent)
+    if not recent or recent[-1].role != "user":
+        messages.append({"role": "user", "content": user_text})
+    return messages
+
+
+class LlmStage(StageBase):
+    """Final transcripts in; ReplyText deltas and one ReplyDone (the whole reply) out."""
+
+    name = "llm"
+    handles: tuple[type[Frame], ...] = (Transcript,)
+
+    def __init__(self, session: Session, settings: LlmSettings, backend: ChatBackend) -> None:
+        self.session = session
+        self.settings = settings
+        self.backend = backend
+
+    async def process(self, frame: Frame) -> AsyncIterator[Frame]:
+        yield frame  # the user's words go on to the transport at once, ahead of the reply
+        if not isinstance(frame, Transcript) or not frame.final or not frame.text.strip():
+            return  # partial transcripts are for display; nothing to answer yet
+        history = self.session.history
+        if not history or history[-1].role != "user":
+            log.warning("final transcript not in history", extra={"event": "llm_transcript_not_in_history"})
+        messages = build_messages(
+            self.settings.system_prompt, history, self.settings.max_history_messages, frame.text.strip()
+        )
+        parts: list[str] = []
+        deltas = self.backend.stream(
+            messages, max_tokens=self.settings.max_tokens, temperature=self.settings.temperature
+        )
+        try:
+            async for delta in deltas:
+                if not delta:
+                    continue
+                if not parts:
+                    self.session.mark("llm_first_token")
+                parts.append(delta)
+                yield self.session.make(ReplyText, text=delta)
+        except TransientError as exc:
+            log.warning(
+                "llm failed, apologising",
+                extra={"event": "llm_fallback", "backend": self.backend.name, "error": type(exc).__name__},
+            )
+            # A newline ends whatever sentence was cut off, so the apology is a chunk of its own.
+            apology = ("\n" if parts else "") + FALLBACK_REPLY
+            yield self.session.make(ReplyText, text=apology)
+            yield self.session.make(ReplyDone, text=f"{''.join(parts).strip()} {FALLBACK_REPLY}".strip())
+            raise
+        finally:
+            await _close(deltas)  # stop generation now, not when the iterator is collected
+        yield self.session.make(ReplyDone, text="".join(parts).strip())
+
+
+async def _close(iterator: AsyncIterator[str]) -> None:
+    aclose = getattr(iterator, "aclose", None)
+    if aclose is not None:
+        await aclose()
