@@ -137,7 +137,9 @@ async def test_the_stage_answers_through_the_server(client: OpenAICompatBackend)
 
 async def collect_frames(stage: LlmStage, transcript: Transcript) -> list[ReplyText | ReplyDone]:
     frames: list[ReplyText | ReplyDone] = []
-    async for frame in stage.process(transcript):
+    frames_out = stage.process(transcript)
+    assert await anext(frames_out) is transcript  # the user's words are passed on first
+    async for frame in frames_out:
         assert isinstance(frame, ReplyText | ReplyDone)
         frames.append(frame)
     return frames
