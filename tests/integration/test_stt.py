@@ -150,7 +150,7 @@ async def test_stage_in_a_graph(engine: WhisperEngine, eval_dir: Path) -> None:
 def test_loading_errors_say_what_to_fix(asset_store: AssetStore, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"stt\.compute_type = 'int3'"):
         load_whisper(SttSettings(compute_type="int3"), asset_store)
-    with pytest.raises(AssetError, match="no such directory"):
+    with pytest.raises(AssetError, match="does not exist"):
         load_whisper(SttSettings(model="/nonexistent/whisper-model"), asset_store)
     with pytest.raises(AssetError, match=r"cannot load the Whisper model .*model\.bin"):
         load_whisper(SttSettings(model=str(tmp_path)), asset_store)  # a dir, but no model in it

@@ -19,6 +19,7 @@ import pytest
 
 from voxloop.pipeline.assets import AssetStore
 from voxloop.pipeline.audio import read_wav
+from voxloop.pipeline.clock import ManualClock
 from voxloop.pipeline.config import VadSettings
 from voxloop.pipeline.errors import AssetError
 from voxloop.pipeline.frames import PCM16, AudioInput, EndOfInput, Frame, SpeechEnded, SpeechStarted
@@ -226,14 +227,6 @@ def test_a_local_model_path_loads_and_a_missing_one_says_what_to_do(
 
 
 # --- the stage ------------------------------------------------------------------------------
-
-
-class ManualClock:
-    def __init__(self) -> None:
-        self.t_ns = 0
-
-    def now_ns(self) -> int:
-        return self.t_ns
 
 
 class PacedVad(VadStage):

@@ -13,6 +13,7 @@ import pytest
 
 from voxloop.pipeline.assets import AssetStore
 from voxloop.pipeline.audio import read_wav
+from voxloop.pipeline.clock import ManualClock
 from voxloop.pipeline.config import VadSettings, WakeSettings, WakeWord
 from voxloop.pipeline.errors import ConfigError
 from voxloop.pipeline.frames import (
@@ -131,14 +132,6 @@ def test_unknown_words_and_missing_paths_are_config_errors(asset_store: AssetSto
 
 
 # --- the stage in a graph -------------------------------------------------------------------
-
-
-class ManualClock:
-    def __init__(self) -> None:
-        self.t_ns = 0
-
-    def now_ns(self) -> int:
-        return self.t_ns
 
 
 class PacedWake(WakeStage):

@@ -24,3 +24,13 @@ class MonotonicClock:
 class LoopClock:
     def now_ns(self) -> int:
         return int(asyncio.get_running_loop().time() * 1e9)
+
+
+class ManualClock:
+    """A clock that reads whatever it is set to: for replaying recorded audio at its own pace."""
+
+    def __init__(self, t_ns: int = 0) -> None:
+        self.t_ns = t_ns
+
+    def now_ns(self) -> int:
+        return self.t_ns

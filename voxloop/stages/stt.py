@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import ctranslate2
 from faster_whisper import WhisperModel
 
+from voxloop.pipeline.assets import resolve_model
 from voxloop.pipeline.audio import pcm16_to_float32
 from voxloop.pipeline.config import SttSettings
 from voxloop.pipeline.errors import AssetError, ConfigError
@@ -224,7 +225,12 @@ def load_whisper(settings: SttSettings, store: AssetStore) -> WhisperEngine:
             f"stt.compute_type = {settings.compute_type!r} is not a CTranslate2 compute type; "
             f"use one of {', '.join(sorted(COMPUTE_TYPES))} (int8 is the fast CPU choice)"
         )
-    source = resolve_model(settings.model, store)
+    found = resolve_model(settings.model, store)
+    if isinstance(found, Path) and not found.is_dir():
+        raise ConfigError(
+            f"stt.model = {settings.model!r} is a file; name the directory that holds model.bin"
+        )
+    source = str(found)
     try:
         model = WhisperModel(
             source, device=device, compute_type=settings.compute_type, cpu_threads=settings.threads
@@ -254,20 +260,6 @@ def resolve_device(device: str) -> str:
     if device == "cuda" and gpus == 0:
         raise ConfigError("stt.device = 'cuda' but CTranslate2 sees no CUDA GPU; use 'cpu' or 'auto'")
     return device
-
-
-def resolve_model(name: str, store: AssetStore) -> str:
-    """An existing local dir as-is; a known asset name → its cached dir; else a hub/size name."""
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return str(path)
-    if name in WHISPER_ASSETS:
-        return str(store.path(name))
-    if path.exists():
-        raise ConfigError(f"stt.model = {name!r} is a file; name the directory that holds model.bin")
-    if name.startswith(("/", "./", "../", "~")):
-        raise AssetError(f"stt.model = {name!r}: no such directory; check the path")
-    return name
 
 
 # --- the stage ------------------------------------------------------------------------------
