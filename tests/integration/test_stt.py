@@ -119,7 +119,10 @@ async def test_stage_in_a_graph(engine: WhisperEngine, eval_dir: Path) -> None:
     noise = read16k(eval_dir / "audio" / "gen_white_noise_5s.wav")
 
     async with Graph(session, [SttStage(session, SETTINGS, engine)]) as graph:
-        await graph.push(session.make(SpeechEnded, audio=speech))
+        ended = session.make(SpeechEnded, audio=speech)
+        await graph.push(ended)
+        passed_on = await asyncio.wait_for(graph.output.get(), timeout=60)
+        assert passed_on is ended  # passed on at once, for the transport to report
         transcript = await asyncio.wait_for(graph.output.get(), timeout=60)
 
         assert isinstance(transcript, Transcript)
@@ -132,12 +135,13 @@ async def test_stage_in_a_graph(engine: WhisperEngine, eval_dir: Path) -> None:
         state_after_speech = session.state
         assert "stt_final" in session.trace.marks
 
-        # Noise: the stage yields nothing and the user turn stays open. The lanes are FIFO,
-        # so the end marker coming out next proves no Transcript was made for the noise.
+        # Noise: the stage yields nothing but the SpeechEnded it passes on, and the user turn
+        # stays open. Lanes are FIFO, so the end marker coming out next proves no Transcript.
         session.reply_finished("Sure.")
         await session.user_started_speaking()
         await graph.push(session.make(SpeechEnded, audio=noise))
         await graph.push(session.make(EndOfInput))
+        assert isinstance(await asyncio.wait_for(graph.output.get(), timeout=60), SpeechEnded)
         after_noise = await asyncio.wait_for(graph.output.get(), timeout=60)
 
     assert state_after_speech is State.THINKING

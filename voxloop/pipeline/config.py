@@ -127,7 +127,14 @@ class TraceSettings(Section):
     include_text: bool = False
 
 
+class ServerSettings(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8765, ge=0, le=65535)
+    log_level: str = Field("info", pattern="(?i)^(debug|info|warning|error|critical)$")
+
+
 class Settings(Section):
+    server: ServerSettings = Field(default_factory=ServerSettings)
     audio: AudioSettings = Field(default_factory=AudioSettings)
     assets: AssetSettings = Field(default_factory=AssetSettings)
     wake: WakeSettings = Field(default_factory=WakeSettings)

@@ -98,6 +98,14 @@ class Transcript(Frame):
 
 
 @dataclass(slots=True, kw_only=True)
+class Respond(Frame):
+    """Reply to the conversation so far: sent by a client that takes turns by hand."""
+
+    instructions: str = ""
+
+
+
+@dataclass(slots=True, kw_only=True)
 class ReplyText(Frame):
     """A piece of the assistant's reply as the LLM streams it."""
 

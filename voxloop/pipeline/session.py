@@ -21,6 +21,7 @@ from voxloop.pipeline.trace import TurnTrace
 F = TypeVar("F", bound=Frame)
 
 InterruptHandler = Callable[[int, str], Awaitable[None]]
+StateListener = Callable[["State"], None]
 
 
 class State(enum.StrEnum):
@@ -46,7 +47,10 @@ class Session:
         self.history: list[Message] = []
         self.epoch = 0
         self.turn_id = 0
-        self.state = State.LISTENING
+        self._state = State.LISTENING
+        self._state_listeners: list[StateListener] = []
+        self.instructions: str | None = None  # a client's system prompt, replacing the configured one
+        self.auto_respond = True  # False: reply only when asked (manual turns, create_response off)
         self.trace = TurnTrace(self.id, 0)
         self.finished_traces: list[TurnTrace] = []
         self.interrupts = 0
@@ -55,6 +59,22 @@ class Session:
         self._emitted: list[str] = []  # chunks of the current reply that reached the output
         self._emitted_chunk = -1
         self._unanswered: str = ""  # user text whose reply was cut before it made a sound
+
+    # -- state ----------------------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @state.setter
+    def state(self, value: State) -> None:
+        if value is not self._state:
+            self._state = value
+            for listener in self._state_listeners:
+                listener(value)
+
+    def on_state(self, listener: StateListener) -> None:
+        self._state_listeners.append(listener)
 
     # -- frames and marks ------------------------------------------------------------------
 
@@ -101,8 +121,13 @@ class Session:
         self._unanswered = ""
         if text:
             self.history.append(Message("user", text))
-            self.state = State.THINKING
+            if self.auto_respond:
+                self.state = State.THINKING
         return text
+
+    def reply_requested(self) -> None:
+        """A client asked for a reply to the conversation so far (manual turns)."""
+        self.state = State.THINKING
 
     def output_sent(self, frame: Frame) -> None:
         """Bookkeeping for a frame that left the graph for the user (speaker, socket, file).

@@ -279,6 +279,7 @@ class SttStage(StageBase):
     async def process(self, frame: Frame) -> AsyncIterator[Frame]:
         if not isinstance(frame, SpeechEnded):
             return
+        yield frame  # the transport reports the end of speech now, not after transcription
         started = time.perf_counter()
         result = await self.engine.atranscribe(frame.audio)
         self.session.mark("stt_final")

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from voxloop.pipeline.config import LlmSettings
 from voxloop.pipeline.errors import TransientError
-from voxloop.pipeline.frames import Frame, ReplyDone, ReplyText, Transcript
+from voxloop.pipeline.frames import Frame, ReplyDone, ReplyText, Respond, Transcript
 from voxloop.pipeline.session import Message, Session
 from voxloop.pipeline.stage import StageBase
 
@@ -68,7 +68,7 @@ def build_messages(
     recent = list(history[-max_history:]) if max_history > 0 else []
     messages = [{"role": "system", "content": system_prompt}] if system_prompt.strip() else []
     messages.extend(message.as_dict() for message in recent)
-    if not recent or recent[-1].role != "user":
+    if user_text and (not recent or recent[-1].role != "user"):
         messages.append({"role": "user", "content": user_text})
     return messages
 
@@ -77,7 +77,7 @@ class LlmStage(StageBase):
     """Final transcripts in; ReplyText deltas and one ReplyDone (the whole reply) out."""
 
     name = "llm"
-    handles: tuple[type[Frame], ...] = (Transcript,)
+    handles: tuple[type[Frame], ...] = (Transcript, Respond)
 
     def __init__(self, session: Session, settings: LlmSettings, backend: ChatBackend) -> None:
         self.session = session
@@ -85,15 +85,23 @@ class LlmStage(StageBase):
         self.backend = backend
 
     async def process(self, frame: Frame) -> AsyncIterator[Frame]:
-        yield frame  # the user's words go on to the transport at once, ahead of the reply
-        if not isinstance(frame, Transcript) or not frame.final or not frame.text.strip():
-            return  # partial transcripts are for display; nothing to answer yet
+        if isinstance(frame, Transcript):
+            yield frame  # the user's words go on to the transport at once, ahead of the reply
+            if not frame.final or not frame.text.strip() or not self.session.auto_respond:
+                return  # partial transcripts are for display; manual turns wait for Respond
+            question = frame.text.strip()
+        elif isinstance(frame, Respond):
+            self.session.reply_requested()
+            question = ""  # the conversation so far is the question
+        else:
+            return
         history = self.session.history
-        if not history or history[-1].role != "user":
+        if question and (not history or history[-1].role != "user"):
             log.warning("final transcript not in history", extra={"event": "llm_transcript_not_in_history"})
-        messages = build_messages(
-            self.settings.system_prompt, history, self.settings.max_history_messages, frame.text.strip()
-        )
+        system_prompt = self.session.instructions or self.settings.system_prompt
+        if isinstance(frame, Respond) and frame.instructions:
+            system_prompt = frame.instructions
+        messages = build_messages(system_prompt, history, self.settings.max_history_messages, question)
         parts: list[str] = []
         deltas = self.backend.stream(
             messages, max_tokens=self.settings.max_tokens, temperature=self.settings.temperature
