@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from voxloop import __version__
-from voxloop.commands import converse, models
+from voxloop.commands import converse, models, serve
 from voxloop.logs import setup_logging
 from voxloop.pipeline.errors import VoxloopError
 
@@ -17,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default), ERROR")
     parser.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for command in (converse, models):
+    for command in (serve, converse, models):
         command.add_parser(subparsers)
     return parser
 

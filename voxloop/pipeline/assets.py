@@ -164,9 +164,7 @@ class AssetStore:
         except KeyError:
             close = difflib.get_close_matches(name, list(self.manifest), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise AssetError(
-                f"unknown model asset {name!r}.{hint} Known assets: {', '.join(self.manifest)}"
-            ) from None
+            raise AssetError(f"unknown model asset {name!r}.{hint} Known assets: {', '.join(self.manifest)}") from None
 
     def state(self, name: str) -> str:
         """'cached', 'missing', 'unverified' (files look right, not yet hashed) or 'damaged'. No hashing."""
@@ -474,10 +472,7 @@ def _sweep(cache_dir: Path, max_age_s: float = 86400.0) -> None:
     if not cache_dir.is_dir():
         return
     for entry in cache_dir.glob(".*-*"):
-        if (
-            entry.name.startswith((".tmp-", ".old-", ".downloads-"))
-            and time.time() - entry.stat().st_mtime > max_age_s
-        ):
+        if entry.name.startswith((".tmp-", ".old-", ".downloads-")) and time.time() - entry.stat().st_mtime > max_age_s:
             shutil.rmtree(entry, ignore_errors=True)
 
 

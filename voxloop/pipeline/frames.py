@@ -104,7 +104,6 @@ class Respond(Frame):
     instructions: str = ""
 
 
-
 @dataclass(slots=True, kw_only=True)
 class ReplyText(Frame):
     """A piece of the assistant's reply as the LLM streams it."""

@@ -175,9 +175,7 @@ class Graph:
                 exc_info=exc,
             )
             message = str(exc) or type(exc).__name__
-            error = self.session.make(
-                ErrorFrame, stage=stage.name, message=message, fatal=isinstance(exc, FatalError)
-            )
+            error = self.session.make(ErrorFrame, stage=stage.name, message=message, fatal=isinstance(exc, FatalError))
             await outbox.put(error)
 
     async def _on_interrupt(self, epoch: int, reason: str) -> None:

@@ -83,9 +83,7 @@ class Session:
 
     def make(self, frame_type: type[F], **fields: Any) -> F:
         """A new frame of this session's current turn and epoch, stamped now."""
-        return frame_type(
-            session_id=self.id, turn_id=self.turn_id, epoch=self.epoch, t_ns=self.now_ns(), **fields
-        )
+        return frame_type(session_id=self.id, turn_id=self.turn_id, epoch=self.epoch, t_ns=self.now_ns(), **fields)
 
     def mark(self, name: str, t_ns: int | None = None) -> None:
         self.trace.mark(name, self.now_ns() if t_ns is None else t_ns)

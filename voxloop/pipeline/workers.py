@@ -31,9 +31,7 @@ class ModelWorker:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
 
-    async def stream(
-        self, make_items: Callable[[], Iterator[T]], *, buffer: int = 64
-    ) -> AsyncGenerator[T, None]:
+    async def stream(self, make_items: Callable[[], Iterator[T]], *, buffer: int = 64) -> AsyncGenerator[T, None]:
         """Iterate a blocking generator in the pool; stop it when the consumer goes away."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()

@@ -46,8 +46,7 @@ _LEADING_MARK = re.compile(r"^(?:[-*+•]|#{1,6})[ \t]+")
 _NUMBER_PAREN = re.compile(r"^(\d{1,2})\)")
 _EMPHASIS = re.compile(r"[*`~#]+|(?<!\w)_+|_+(?!\w)")
 _EMOJI = re.compile(
-    "[\U0001f000-\U0001faff\u2600-\u27bf\u2b00-\u2bff\u2300-\u23ff"
-    "\ufe0e\ufe0f\u200d\u20e3\U000e0000-\U000e007f]"
+    "[\U0001f000-\U0001faff\u2600-\u27bf\u2b00-\u2bff\u2300-\u23ff\ufe0e\ufe0f\u200d\u20e3\U000e0000-\U000e007f]"
 )
 _EDGE_DASH = re.compile(r"^[-–—]\s+|\s+[-–—]$")
 _SPACE_BEFORE_PUNCT = re.compile(r"\s+(?=[,.!?;:…](?:\s|$))")  # left where an emoji was removed

@@ -227,14 +227,10 @@ def load_whisper(settings: SttSettings, store: AssetStore) -> WhisperEngine:
         )
     found = resolve_model(settings.model, store)
     if isinstance(found, Path) and not found.is_dir():
-        raise ConfigError(
-            f"stt.model = {settings.model!r} is a file; name the directory that holds model.bin"
-        )
+        raise ConfigError(f"stt.model = {settings.model!r} is a file; name the directory that holds model.bin")
     source = str(found)
     try:
-        model = WhisperModel(
-            source, device=device, compute_type=settings.compute_type, cpu_threads=settings.threads
-        )
+        model = WhisperModel(source, device=device, compute_type=settings.compute_type, cpu_threads=settings.threads)
     except Exception as exc:
         raise AssetError(
             f"cannot load the Whisper model stt.model = {settings.model!r} (from {source}): {exc}. "

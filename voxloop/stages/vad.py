@@ -101,9 +101,7 @@ class VadStream:
         count = len(samples) // WINDOW
         probs = []
         for index in range(count):
-            window = np.concatenate(
-                [self._context, samples[None, index * WINDOW : (index + 1) * WINDOW]], axis=1
-            )
+            window = np.concatenate([self._context, samples[None, index * WINDOW : (index + 1) * WINDOW]], axis=1)
             prob, self._state = self._model.infer(window, self._state)
             self._context = window[:, -CONTEXT:]
             probs.append(prob)
@@ -122,9 +120,7 @@ def load_vad_model(store: AssetStore, model: str = VAD_ASSET) -> SileroVadModel:
         )
     path = found / VAD_FILE if found.is_dir() else found
     if not path.is_file():
-        raise AssetError(
-            f"Silero VAD model not found at {path}; fetch it with `voxloop models fetch {VAD_ASSET}`"
-        )
+        raise AssetError(f"Silero VAD model not found at {path}; fetch it with `voxloop models fetch {VAD_ASSET}`")
     loaded = SileroVadModel(path)
     log.info("vad model loaded", extra={"event": "vad_loaded", "path": str(path)})
     return loaded
@@ -307,9 +303,7 @@ class _Arrivals:
 
     def time_of(self, boundary: int) -> int:
         """Arrival time of the sample boundary `boundary` (just after sample `boundary - 1`)."""
-        first, t_ns, _ = next(
-            (entry for entry in reversed(self._frames) if entry[0] < boundary), self._frames[0]
-        )
+        first, t_ns, _ = next((entry for entry in reversed(self._frames) if entry[0] < boundary), self._frames[0])
         return t_ns + round((boundary - first) * self._ns_per_sample)
 
 

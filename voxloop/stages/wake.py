@@ -192,9 +192,7 @@ def _resolve_word(word: WakeWord, store: AssetStore) -> WakeWordModel:
         )
     path = _onnx_in(found, "") if found.is_dir() else found
     if path.suffix != ".onnx":
-        raise ConfigError(
-            f"wake.words: {path} is not an .onnx model; voxloop runs openWakeWord on onnxruntime"
-        )
+        raise ConfigError(f"wake.words: {path} is not an .onnx model; voxloop runs openWakeWord on onnxruntime")
     return WakeWordModel(path.stem, path, word.threshold)
 
 
@@ -217,9 +215,7 @@ class WakeGate:
     `admit` reports activity.
     """
 
-    def __init__(
-        self, awake_s: float, *, tail_s: float = WAKE_TAIL_S, sample_rate: int = SAMPLE_RATE
-    ) -> None:
+    def __init__(self, awake_s: float, *, tail_s: float = WAKE_TAIL_S, sample_rate: int = SAMPLE_RATE) -> None:
         self._awake_samples = round(awake_s * sample_rate)
         self._tail_samples = round(tail_s * sample_rate)
         self.awake = False

@@ -37,9 +37,7 @@ FALLBACK_REPLY = "Sorry, I can't answer right now."
 class ChatBackend(Protocol):
     name: str
 
-    def stream(
-        self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float
-    ) -> AsyncIterator[str]:
+    def stream(self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float) -> AsyncIterator[str]:
         """The reply as text deltas. Leaving the iteration early stops generation."""
         ...
 

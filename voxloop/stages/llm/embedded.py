@@ -45,9 +45,7 @@ def resolve_gguf(model: str, store: AssetStore) -> Path:
     ggufs = sorted(found.glob("*.gguf"))
     if len(ggufs) != 1:
         what = f"{len(ggufs)} .gguf files" if ggufs else "no .gguf file"
-        raise AssetError(
-            f"llm.model = {model!r}: {found} holds {what}; set llm.model to the .gguf file's path"
-        )
+        raise AssetError(f"llm.model = {model!r}: {found} holds {what}; set llm.model to the .gguf file's path")
     return ggufs[0]
 
 
@@ -74,9 +72,7 @@ class EmbeddedLlamaBackend:
         try:
             import llama_cpp
         except ImportError as exc:
-            raise FatalError(
-                f"the embedded LLM needs llama-cpp-python, which is missing: {INSTALL_HINT}"
-            ) from exc
+            raise FatalError(f"the embedded LLM needs llama-cpp-python, which is missing: {INSTALL_HINT}") from exc
         path = resolve_gguf(settings.model, store)
         started = time.monotonic()
         try:
@@ -132,9 +128,7 @@ class EmbeddedLlamaBackend:
             finally:
                 completion.close()  # on cancellation: stop llama.cpp before the next token
 
-        log.info(
-            "llm request", extra={"event": "llm_request", "backend": self.name, "messages": len(messages)}
-        )
+        log.info("llm request", extra={"event": "llm_request", "backend": self.name, "messages": len(messages)})
         contents = self._worker.stream(generate)
         try:
             async for content in contents:

@@ -71,9 +71,7 @@ def parse_chunk(data: str, server: str) -> ChatChunk:
     try:
         event = json.loads(data)
     except ValueError:
-        raise TransientError(
-            f"malformed stream from the LLM server at {server}: {_head(data)!r} is not JSON"
-        ) from None
+        raise TransientError(f"malformed stream from the LLM server at {server}: {_head(data)!r} is not JSON") from None
     if not isinstance(event, dict):
         raise TransientError(
             f"malformed stream from the LLM server at {server}: expected an object, got {_head(data)!r}"
@@ -135,9 +133,7 @@ class OpenAICompatBackend:
         }
         deadlines = _Deadlines(self._settings, self.base_url)
         request = self._client.build_request("POST", f"{self.base_url}/chat/completions", json=body)
-        log.info(
-            "llm request", extra={"event": "llm_request", "backend": self.name, "messages": len(messages)}
-        )
+        log.info("llm request", extra={"event": "llm_request", "backend": self.name, "messages": len(messages)})
         with self._http_errors():
             response = await deadlines.wait(self._client.send(request, stream=True))
         deltas, contents = 0, self._contents(response, deadlines)
@@ -205,9 +201,7 @@ class OpenAICompatBackend:
             key = self._settings.api_key_env
             return f"{where} refused the request ({status}: {detail}): put a valid key in ${key}"
         if status == 404:
-            return (
-                f"{where} answered 404 ({detail}): check llm.base_url (it usually ends in /v1) and llm.model"
-            )
+            return f"{where} answered 404 ({detail}): check llm.base_url (it usually ends in /v1) and llm.model"
         return f"LLM server at {self.base_url} answered {status}: {detail}"
 
     @contextlib.contextmanager
@@ -222,13 +216,9 @@ class OpenAICompatBackend:
                 "check that it is running and llm.base_url"
             ) from None
         except httpx.ConnectError as exc:
-            raise TransientError(
-                f"{where} is unreachable ({_reason(exc)}): start it or set llm.base_url"
-            ) from None
+            raise TransientError(f"{where} is unreachable ({_reason(exc)}): start it or set llm.base_url") from None
         except httpx.TimeoutException as exc:
-            raise TransientError(
-                f"{where} timed out ({type(exc).__name__}): check its load and log"
-            ) from None
+            raise TransientError(f"{where} timed out ({type(exc).__name__}): check its load and log") from None
         except httpx.HTTPError as exc:
             raise TransientError(f"{where} dropped the connection ({_reason(exc)}): check its log") from None
 

@@ -102,9 +102,7 @@ class TtsStage(StageBase):
     name = "tts"
     handles: tuple[type[Frame], ...] = (ReplyChunk,)
 
-    def __init__(
-        self, session: Session, settings: TtsSettings, engine: TtsEngine, output_sample_rate: int
-    ) -> None:
+    def __init__(self, session: Session, settings: TtsSettings, engine: TtsEngine, output_sample_rate: int) -> None:
         self.session = session
         self.settings = settings
         self.engine = engine

@@ -74,9 +74,7 @@ def resolve_voice(voice: str, store: AssetStore) -> Path:
     if path.is_dir():
         found = sorted(path.glob("*.onnx"))
         if len(found) != 1:
-            raise AssetError(
-                f"tts.voice = {voice!r}: expected one .onnx voice in that directory, found {len(found)}"
-            )
+            raise AssetError(f"tts.voice = {voice!r}: expected one .onnx voice in that directory, found {len(found)}")
         return found[0]
     if path.is_file():
         return path

@@ -1,0 +1,1 @@
+"""The realtime server: HTTP + WebSocket on one asyncio process (FastAPI on uvicorn)."""

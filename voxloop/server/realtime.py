@@ -1,0 +1,381 @@
+"""One realtime connection: OpenAI-Realtime events in and out, a Session and its Graph inside.
+
+Three tasks per connection, joined with asyncio.wait(FIRST_COMPLETED):
+
+    receive  client events → session changes, audio → graph.push()
+    pump     graph.frames() → server events (transcripts, reply audio, response lifecycle)
+    send     the one writer to the socket, draining an ordered outbox
+
+When any of them ends (the client left, the server is shutting down, a fatal error) the
+others are cancelled and the graph closed, so nothing of the session outlives it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from starlette.websockets import WebSocket
+
+from voxloop.pipeline.audio import Resampler
+from voxloop.pipeline.frames import (
+    PCM16,
+    AudioInput,
+    AudioOutput,
+    ErrorFrame,
+    Frame,
+    Interrupt,
+    ReplyDone,
+    Respond,
+    SpeechEnded,
+    SpeechStarted,
+    Transcript,
+)
+from voxloop.pipeline.session import Session, State
+from voxloop.pipeline.tasks import cancel_and_wait
+from voxloop.pipeline.trace import TurnTrace
+from voxloop.server import events as ev
+from voxloop.server.events import ProtocolError
+
+if TYPE_CHECKING:
+    from voxloop.engine import Engines
+
+log = logging.getLogger(__name__)
+
+INNER_RATE = 16000
+CLOSE_GOING_AWAY = 1001
+
+
+@dataclass(frozen=True)
+class Close:
+    reason: str
+
+
+@dataclass
+class Reply:
+    """The response in flight: its ids and, for truncation, where each chunk's audio began."""
+
+    response_id: str
+    item_id: str
+    trace: TurnTrace
+    chunks: list[tuple[str, float]] = field(default_factory=list)  # (text, start ms)
+    audio_ms: float = 0.0
+    chunk_index: int = -1
+    resampler: Resampler | None = None
+
+    def heard_text(self, audio_end_ms: float) -> str:
+        """The words of the reply played by `audio_end_ms`, the partial chunk cut by its share."""
+        words: list[str] = []
+        for index, (text, start) in enumerate(self.chunks):
+            if start >= audio_end_ms:
+                break
+            end = self.chunks[index + 1][1] if index + 1 < len(self.chunks) else self.audio_ms
+            share = 1.0 if end <= audio_end_ms else (audio_end_ms - start) / max(end - start, 1e-6)
+            chunk_words = text.split()
+            words += chunk_words[: round(len(chunk_words) * share)]
+        return " ".join(words)
+
+
+class RealtimeConnection:
+    def __init__(self, websocket: WebSocket, engines: Engines) -> None:
+        self.ws = websocket
+        self.engines = engines
+        self.session = Session()
+        self.graph = engines.graph(self.session)
+        self.tts_rate = engines.settings.audio.output_sample_rate
+        self.in_rate = self.out_rate = ev.DEFAULT_RATE
+        self.inbound = Resampler(self.in_rate, INNER_RATE)
+        self.server_vad = True
+        self.binary = False
+        self.manual_audio: list[PCM16] = []
+        self.reply: Reply | None = None
+        self.last_reply: Reply | None = None
+        self.user_item: str | None = None
+        self.outbox: asyncio.Queue[dict[str, Any] | bytes | Close] = asyncio.Queue()
+        self.session.on_state(lambda state: self.emit("voxloop.state", state=state.value))
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self.ws.accept()
+        log.info("session opened", extra={"event": "session_open", "session": self.session.id})
+        async with self.graph:
+            self.emit("session.created", session=self.describe())
+            self.emit("voxloop.state", state=self.session.state.value)
+            tasks = [
+                asyncio.create_task(self._receive(), name=f"rt-receive-{self.session.id}"),
+                asyncio.create_task(self._pump(), name=f"rt-pump-{self.session.id}"),
+                asyncio.create_task(self._send(), name=f"rt-send-{self.session.id}"),
+            ]
+            try:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if not task.cancelled() and task.exception() is not None:
+                        raise task.exception()  # type: ignore[misc]
+            finally:
+                await cancel_and_wait(*tasks)
+                log.info("session closed", extra={"event": "session_close", "session": self.session.id})
+
+    def close(self, reason: str) -> None:
+        """Say why, then close the socket once everything queued before has been sent."""
+        self.outbox.put_nowait(ev.error_event("session_closed", reason))
+        self.outbox.put_nowait(Close(reason))
+
+    def emit(self, kind: str, **fields: Any) -> None:
+        self.outbox.put_nowait(ev.server_event(kind, **fields))
+
+    def emit_error(self, error: ProtocolError, event_id: str | None = None) -> None:
+        self.outbox.put_nowait(ev.error_event(error.code, error.message, param=error.param, event_id=event_id))
+
+    async def _send(self) -> None:
+        try:
+            await self._send_all()
+        except WebSocketDisconnect:
+            return  # the client left; run() winds the session down
+
+    async def _send_all(self) -> None:
+        while True:
+            message = await self.outbox.get()
+            if isinstance(message, Close):
+                await self.ws.close(code=CLOSE_GOING_AWAY, reason=message.reason)
+                return
+            if isinstance(message, bytes):
+                await self.ws.send_bytes(message)
+            else:
+                await self.ws.send_text(json.dumps(message))
+
+    # -- client events ---------------------------------------------------------------------
+
+    async def _receive(self) -> None:
+        while True:
+            try:
+                message = await self.ws.receive()
+            except WebSocketDisconnect:
+                return
+            if message["type"] == "websocket.disconnect":
+                return
+            event_id = None
+            try:
+                if message.get("bytes") is not None:
+                    await self._binary_audio(message["bytes"])
+                    continue
+                event = ev.parse_event(message.get("text") or "")
+                event_id = event.get("event_id") if isinstance(event.get("event_id"), str) else None
+                await self._handle(event)
+            except ProtocolError as error:
+                log.info("client event refused", extra={"event": "protocol_error", "code": error.code})
+                self.emit_error(error, event_id)
+
+    async def _handle(self, event: dict[str, Any]) -> None:
+        kind = event["type"]
+        if kind == "session.update":
+            self._update_session(ev.parse_session(event))
+        elif kind == "input_audio_buffer.append":
+            await self._audio(ev.decode_pcm(ev.field(event, "audio", str)))
+        elif kind == "input_audio_buffer.commit":
+            await self._commit()
+        elif kind == "input_audio_buffer.clear":
+            self.manual_audio.clear()
+            self.emit("input_audio_buffer.cleared")
+        elif kind == "response.create":
+            response = event.get("response") or {}
+            instructions = response.get("instructions") if isinstance(response, dict) else None
+            self._start_reply()
+            await self.graph.push(self.session.make(Respond, instructions=instructions or ""))
+        elif kind == "response.cancel":
+            if self.reply is None:
+                raise ProtocolError("response_cancel_not_active", "there is no response in progress to cancel")
+            await self.session.interrupt("cancel")
+        elif kind == "conversation.item.truncate":
+            self._truncate(event)
+        elif kind == "voxloop.playback.started":
+            reply = self.reply or self.last_reply
+            if reply is not None:
+                reply.trace.mark("playback_start", self.session.now_ns())
+
+    def _update_session(self, config: ev.SessionConfig) -> None:
+        if config.instructions is not None:
+            self.session.instructions = config.instructions or None
+        audio = config.audio
+        if audio and audio.input:
+            rate = ev.check_rate(audio.input.format, self.in_rate)
+            if rate != self.in_rate:
+                self.in_rate, self.inbound = rate, Resampler(rate, INNER_RATE)
+            if "turn_detection" in audio.input.model_fields_set:
+                detection = audio.input.turn_detection
+                self.server_vad = detection is not None
+                self.session.auto_respond = detection is None or detection.create_response
+                if detection is None:
+                    self.session.auto_respond = False
+        if audio and audio.output:
+            self.out_rate = ev.check_rate(audio.output.format, self.out_rate)
+        if config.voxloop is not None:
+            self.binary = config.voxloop.binary_audio
+        self.emit("session.updated", session=self.describe())
+
+    def describe(self) -> dict[str, Any]:
+        detection = {"type": "server_vad", "create_response": self.session.auto_respond}
+        return {
+            "id": self.session.id,
+            "object": "realtime.session",
+            "type": "realtime",
+            "instructions": self.session.instructions or self.engines.settings.llm.system_prompt,
+            "audio": {
+                "input": {
+                    "format": {"type": "audio/pcm", "rate": self.in_rate},
+                    "turn_detection": detection if self.server_vad else None,
+                },
+                "output": {"format": {"type": "audio/pcm", "rate": self.out_rate}, "voice": "default"},
+            },
+            "voxloop": {"binary_audio": self.binary},
+        }
+
+    async def _binary_audio(self, data: bytes) -> None:
+        if not self.binary:
+            raise ProtocolError(
+                "binary_not_enabled",
+                "binary audio frames need session.update with voxloop.binary_audio = true first",
+            )
+        await self._audio(ev.decode_pcm(data))
+
+    async def _audio(self, pcm: PCM16) -> None:
+        inner = pcm if self.in_rate == INNER_RATE else self.inbound.push(pcm)
+        if not len(inner):
+            return
+        if self.server_vad:
+            await self.graph.push(self.session.make(AudioInput, pcm=inner))
+        else:
+            self.manual_audio.append(inner)
+
+    async def _commit(self) -> None:
+        if self.server_vad:
+            raise ProtocolError(
+                "invalid_event", "input_audio_buffer.commit is for manual turns: set turn_detection to null"
+            )
+        if not self.manual_audio:
+            raise ProtocolError("input_audio_buffer_commit_empty", "the input audio buffer is empty")
+        audio = np.concatenate(self.manual_audio)
+        self.manual_audio.clear()
+        await self.session.user_started_speaking()
+        self.session.user_stopped_speaking(self.session.now_ns())
+        self._user_item_started()
+        await self.graph.push(self.session.make(SpeechEnded, audio=audio, speech_end_ns=self.session.now_ns()))
+
+    def _truncate(self, event: dict[str, Any]) -> None:
+        item_id = ev.field(event, "item_id", str)
+        audio_end_ms = ev.field(event, "audio_end_ms", int)
+        reply = next((r for r in (self.reply, self.last_reply) if r and r.item_id == item_id), None)
+        if reply is None:
+            raise ProtocolError("item_not_found", f"no assistant item {item_id!r} to truncate", param="item_id")
+        self.session.truncate_reply(reply.heard_text(audio_end_ms))
+        self.emit("conversation.item.truncated", item_id=item_id, content_index=0, audio_end_ms=audio_end_ms)
+
+    # -- graph output → server events ------------------------------------------------------
+
+    async def _pump(self) -> None:
+        async for frame in self.graph.frames():
+            self.session.output_sent(frame)
+            await self._on_frame(frame)
+
+    async def _on_frame(self, frame: Frame) -> None:
+        if isinstance(frame, SpeechStarted):
+            self._user_item_started()
+            self.emit(
+                "input_audio_buffer.speech_started",
+                audio_start_ms=round(frame.audio_offset_s * 1000),
+                item_id=self.user_item,
+            )
+        elif isinstance(frame, SpeechEnded):
+            if self.server_vad:
+                end_ms = round(len(frame.audio) / INNER_RATE * 1000)
+                self.emit("input_audio_buffer.speech_stopped", audio_end_ms=end_ms, item_id=self.user_item)
+            self.emit("input_audio_buffer.committed", item_id=self.user_item, previous_item_id=None)
+        elif isinstance(frame, Transcript) and frame.final:
+            self.emit(
+                "conversation.item.input_audio_transcription.completed",
+                item_id=self.user_item,
+                content_index=0,
+                transcript=frame.text,
+            )
+            if self.session.auto_respond and self.reply is None:
+                self._start_reply()
+        elif isinstance(frame, AudioOutput):
+            self._audio_out(frame)
+        elif isinstance(frame, ReplyDone):
+            self._finish_reply("completed", frame.text)
+        elif isinstance(frame, Interrupt):
+            if self.reply is not None:
+                self.emit("output_audio_buffer.cleared", response_id=self.reply.response_id)
+                self._finish_reply("cancelled", " ".join(text for text, _ in self.reply.chunks))
+        elif isinstance(frame, ErrorFrame):
+            self.outbox.put_nowait(ev.error_event("stage_error", f"{frame.stage}: {frame.message}"))
+
+    def _user_item_started(self) -> None:
+        self.user_item = ev.new_id("item")
+
+    def _start_reply(self) -> Reply:
+        if self.reply is not None:
+            raise ProtocolError(
+                "conversation_already_has_active_response", "a response is in progress: cancel it first"
+            )
+        reply = Reply(ev.new_id("resp"), ev.new_id("item"), self.session.trace)
+        if self.out_rate != self.tts_rate:
+            reply.resampler = Resampler(self.tts_rate, self.out_rate)
+        self.reply = reply
+        self.emit("response.created", response=ev.response_object(reply.response_id, "in_progress", []))
+        item = ev.assistant_item(reply.item_id, "in_progress")
+        self.emit("response.output_item.added", response_id=reply.response_id, output_index=0, item=item)
+        self.emit(
+            "response.content_part.added",
+            response_id=reply.response_id,
+            item_id=reply.item_id,
+            output_index=0,
+            content_index=0,
+            part={"type": "output_audio", "transcript": ""},
+        )
+        return reply
+
+    def _audio_out(self, frame: AudioOutput) -> None:
+        reply = self.reply or self._start_reply()
+        ids = {
+            "response_id": reply.response_id,
+            "item_id": reply.item_id,
+            "output_index": 0,
+            "content_index": 0,
+        }
+        if frame.chunk_index != reply.chunk_index:
+            reply.chunk_index = frame.chunk_index
+            reply.chunks.append((frame.chunk_text, reply.audio_ms))
+            delta = (" " if len(reply.chunks) > 1 else "") + frame.chunk_text
+            self.emit("response.output_audio_transcript.delta", delta=delta, **ids)
+        reply.audio_ms += frame.duration_s * 1000
+        pcm = reply.resampler.push(frame.pcm) if reply.resampler else frame.pcm
+        if self.binary:
+            self.outbox.put_nowait(pcm.astype("<i2").tobytes())
+        else:
+            self.emit("response.output_audio.delta", delta=ev.encode_pcm(pcm), **ids)
+
+    def _finish_reply(self, status: str, text: str) -> None:
+        reply = self.reply or self._start_reply()
+        ids = {
+            "response_id": reply.response_id,
+            "item_id": reply.item_id,
+            "output_index": 0,
+            "content_index": 0,
+        }
+        if status == "completed":
+            self.emit("response.output_audio.done", **ids)
+            self.emit("response.output_audio_transcript.done", transcript=text, **ids)
+            self.emit("response.content_part.done", part={"type": "output_audio", "transcript": text}, **ids)
+        item = ev.assistant_item(reply.item_id, "completed" if status == "completed" else "incomplete", text)
+        self.emit("response.output_item.done", response_id=reply.response_id, output_index=0, item=item)
+        self.emit("response.done", response=ev.response_object(reply.response_id, status, [item]))
+        if reply.trace.marks:
+            self.emit("voxloop.trace", trace=reply.trace.to_dict())
+        self.last_reply, self.reply = reply, None
+        if self.session.state is State.SPEAKING:
+            self.session.state = State.LISTENING
