@@ -162,3 +162,27 @@ def test_loading_errors_say_what_to_fix(asset_store: AssetStore, tmp_path: Path)
     local = str(asset_store.path("whisper-tiny.en"))
     with pytest.raises(ConfigError, match=r"stt\.language = 'de'.*English-only"):
         load_whisper(SttSettings(model=local, language="de"), asset_store)
+
+
+async def test_words_cut_off_by_a_barge_in_are_transcribed_with_the_next_utterance(
+    engine: WhisperEngine, eval_dir: Path
+) -> None:
+    """The user pauses long enough for an endpoint, then goes on while STT is still working."""
+    session = Session()
+    first = read16k(eval_dir / "audio" / "psphinx_goforward.wav")  # "go forward ten meters"
+    second = read16k(eval_dir / "audio" / "librivox_ss01_0930.wav")  # "he might even have been made amiable himself"
+    async with Graph(session, [SttStage(session, SETTINGS, engine)]) as graph:
+        await session.user_started_speaking()
+        session.user_stopped_speaking(session.now_ns())
+        await graph.push(session.make(SpeechEnded, audio=first))
+        assert isinstance(await asyncio.wait_for(graph.output.get(), timeout=60), SpeechEnded)
+        await session.user_started_speaking()  # barge-in while the first is being transcribed
+        session.user_stopped_speaking(session.now_ns())
+        await graph.push(session.make(SpeechEnded, audio=second))
+        frames = [await asyncio.wait_for(graph.output.get(), timeout=60) for _ in range(3)]
+    transcripts = [f for f in frames if isinstance(f, Transcript)]
+    assert len(transcripts) == 1
+    heard = words_for_wer(transcripts[0].text)
+    assert "forward" in heard
+    assert "amiable" in heard
+    assert session.history == [Message("user", transcripts[0].text)]

@@ -92,3 +92,30 @@ def test_truncate_reply_to_what_the_client_played() -> None:
     assert session.history[-1].content == "Hi there."
     session.truncate_reply("")
     assert session.history[-1].role == "user"
+
+
+async def test_speech_after_the_endpoint_is_a_barge_in_even_before_the_transcript() -> None:
+    session = Session()
+    await session.user_started_speaking()
+    session.user_stopped_speaking(speech_end_ns=1)
+    assert session.state is State.THINKING  # the utterance is being answered
+    await session.user_started_speaking()  # the user goes on while it is being transcribed
+    assert session.interrupts == 1
+    assert session.epoch == 1
+
+
+def test_an_utterance_without_words_returns_to_listening() -> None:
+    session = Session()
+    session.user_stopped_speaking(speech_end_ns=1)
+    session.utterance_dropped()
+    assert session.state is State.LISTENING
+
+
+async def test_an_empty_reply_does_not_make_the_next_interrupt_eat_an_old_question() -> None:
+    session = Session()
+    session.user_said("first question")
+    session.reply_finished("")  # the model said nothing
+    session.user_said("second question")
+    await session.user_started_speaking()  # barge-in before any sound
+    assert [m.content for m in session.history] == ["first question"]
+    assert session.user_said("more") == "second question more"

@@ -59,6 +59,7 @@ class Session:
         self._emitted: list[str] = []  # chunks of the current reply that reached the output
         self._emitted_chunk = -1
         self._unanswered: str = ""  # user text whose reply was cut before it made a sound
+        self._awaiting_reply: Message | None = None  # the user message the reply in flight answers
 
     # -- state ----------------------------------------------------------------------------
 
@@ -96,18 +97,26 @@ class Session:
 
     async def user_started_speaking(self) -> None:
         """A new user turn begins; a reply still in flight is interrupted (barge-in)."""
+        self.user_speaking = True  # set first: stages cancelled by the barge-in can tell why
         if self.responding:
             await self.interrupt("barge_in")
         self.turn_id += 1
         self.trace = TurnTrace(self.id, self.turn_id)
         self.state = State.LISTENING
-        self.user_speaking = True
 
     def user_stopped_speaking(self, speech_end_ns: int) -> None:
         """The VAD decided the utterance is over; its last voiced sample arrived at `speech_end_ns`."""
         self.user_speaking = False
         self.mark("speech_end", speech_end_ns)
         self.mark("endpoint")
+        # From here the utterance is being answered: speech now is a barge-in, even before the
+        # transcript is final, so a reply can never start while the user is talking.
+        self.state = State.THINKING
+
+    def utterance_dropped(self) -> None:
+        """The utterance held no words (noise, a cough): nothing will be answered."""
+        if self.state is State.THINKING:
+            self.state = State.LISTENING
 
     def user_said(self, text: str) -> str:
         """Record the user's final words; returns the text the reply should answer.
@@ -118,9 +127,9 @@ class Session:
         text = " ".join(part for part in (self._unanswered, text.strip()) if part)
         self._unanswered = ""
         if text:
-            self.history.append(Message("user", text))
-            if self.auto_respond:
-                self.state = State.THINKING
+            self._awaiting_reply = Message("user", text)
+            self.history.append(self._awaiting_reply)
+        self.state = State.THINKING if text and self.auto_respond else State.LISTENING
         return text
 
     def reply_requested(self) -> None:
@@ -145,6 +154,7 @@ class Session:
     def reply_finished(self, text: str) -> None:
         if text.strip():
             self.history.append(Message("assistant", text.strip()))
+        self._awaiting_reply = None
         self._reset_reply()
         self._finish_turn()
 
@@ -170,8 +180,9 @@ class Session:
         self._reset_reply()
         if said:
             self.history.append(Message("assistant", said))
-        elif self.history and self.history[-1].role == "user":
+        elif self.history and self.history[-1] is self._awaiting_reply:
             self._unanswered = self.history.pop().content
+        self._awaiting_reply = None
         self.trace.notes["interrupted"] = reason
         self._finish_turn()
         for handler in self._interrupt_handlers:

@@ -11,6 +11,7 @@ guard rejects, which costs latency and, by sampling, makes hallucinations more l
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import re
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import ctranslate2
+import numpy as np
 from faster_whisper import WhisperModel
 
 from voxloop.pipeline.assets import resolve_model
@@ -271,13 +273,22 @@ class SttStage(StageBase):
         self.session = session
         self.settings = settings
         self.engine = engine
+        self._carried: PCM16 | None = None  # an utterance whose transcription a barge-in cut off
 
     async def process(self, frame: Frame) -> AsyncIterator[Frame]:
         if not isinstance(frame, SpeechEnded):
             return
         yield frame  # the transport reports the end of speech now, not after transcription
+        audio = frame.audio if self._carried is None else np.concatenate([self._carried, frame.audio])
+        self._carried = None
         started = time.perf_counter()
-        result = await self.engine.atranscribe(frame.audio)
+        try:
+            result = await self.engine.atranscribe(audio)
+        except asyncio.CancelledError:
+            if self.session.user_speaking:
+                # The user went on talking after a pause: keep these words for the next utterance.
+                self._carried = audio
+            raise
         self.session.mark("stt_final")
         facts = {
             "audio_s": round(len(frame.audio) / SAMPLE_RATE, 3),
@@ -290,6 +301,7 @@ class SttStage(StageBase):
             # The user's turn produced no words: the session stays LISTENING.
             extra = {"event": "stt_rejected", "reason": result.rejected_reason, **facts}
             log.info("transcript rejected", extra=extra)
+            self.session.utterance_dropped()
             return
         log.info("transcript final", extra={"event": "stt_final", "chars": len(result.text), **facts})
         self.session.user_said(result.text)
