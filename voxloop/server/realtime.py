@@ -95,6 +95,7 @@ class RealtimeConnection:
         self.reply: Reply | None = None
         self.last_reply: Reply | None = None
         self.user_item: str | None = None
+        self.speech_start_ms = 0  # where the current utterance began in the input stream
         self.outbox: asyncio.Queue[dict[str, Any] | bytes | Close] = asyncio.Queue()
         self.session.on_state(lambda state: self.emit("voxloop.state", state=state.value))
 
@@ -284,14 +285,16 @@ class RealtimeConnection:
     async def _on_frame(self, frame: Frame) -> None:
         if isinstance(frame, SpeechStarted):
             self._user_item_started()
-            self.emit(
-                "input_audio_buffer.speech_started",
-                audio_start_ms=round(frame.audio_offset_s * 1000),
-                item_id=self.user_item,
-            )
+            self.speech_start_ms = round(frame.audio_offset_s * 1000)
+            self.emit("input_audio_buffer.speech_started", audio_start_ms=self.speech_start_ms, item_id=self.user_item)
         elif isinstance(frame, SpeechEnded):
             if self.server_vad:
-                end_ms = round(len(frame.audio) / INNER_RATE * 1000)
+                # On the input stream's timeline, like audio_start_ms: the utterance (pre-roll .. decision)
+                # less the silence hangover.
+                vad = self.engines.settings.vad
+                heard_ms = len(frame.audio) / INNER_RATE * 1000 - vad.hangover_ms
+                end_ms = round(max(0, self.speech_start_ms - vad.preroll_ms) + heard_ms)
+                end_ms = max(end_ms, self.speech_start_ms)
                 self.emit("input_audio_buffer.speech_stopped", audio_end_ms=end_ms, item_id=self.user_item)
             self.emit("input_audio_buffer.committed", item_id=self.user_item, previous_item_id=None)
         elif isinstance(frame, Transcript) and frame.final:

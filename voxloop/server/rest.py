@@ -1,5 +1,520 @@
-"""REST API (being written): health, public config, transcribe, synthesize, voices."""
+"""REST API: health, public settings, one-shot transcription and synthesis, voices.
 
-from fastapi import APIRouter
+    GET  /healthz          per-stage readiness; "degraded" names what is wrong; 503 while models load
+    GET  /api/config       the public settings: the API key's variable name, never its value
+    POST /api/transcribe   multipart field `file` (any container FFmpeg reads) → text
+    POST /api/synthesize   {"text", "voice"?, "rate"?} → audio/wav (PCM16 mono)
+    GET  /api/voices       the voices /api/synthesize accepts
+
+Nothing blocks the loop: uploads are read as a stream (and cut off at the size limit), decoding
+runs in a thread, Whisper and Piper in their models' workers. Those workers are the ones the
+realtime sessions use, so a REST call takes its turn with them rather than competing for cores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import io
+import logging
+import os
+import time
+import wave
+from collections.abc import AsyncGenerator, AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import numpy as np
+from fastapi import APIRouter, HTTPException, Request, Response
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from voxloop import __version__
+from voxloop.pipeline.audio import decode_audio, resample
+from voxloop.pipeline.config import (
+    AudioSettings,
+    ChunkerSettings,
+    LlmSettings,
+    ServerSettings,
+    Settings,
+    SttSettings,
+    TtsSettings,
+    VadSettings,
+    WakeSettings,
+)
+from voxloop.pipeline.frames import PCM16
+
+if TYPE_CHECKING:
+    from voxloop.engine import Engines
+    from voxloop.stages.tts.piper import PiperEngine
+
+log = logging.getLogger(__name__)
 
 router = APIRouter()
+
+STT_RATE = 16000
+MAX_UPLOAD_BYTES = 25 * 1024 * 1024
+MULTIPART_SLACK = 64 * 1024  # room for the form's boundaries and part headers around the file
+MAX_AUDIO_S = 300.0
+MAX_TEXT_CHARS = 2000
+OUTPUT_RATES = (16000, 24000, 48000)
+PROBE_TIMEOUT_S = 1.0
+PROBE_TTL_S = 3.0
+FORMATS_HINT = "upload a recording FFmpeg reads (WAV, FLAC, OGG/Opus, MP3, M4A, WebM)"
+
+
+# --- bodies ---------------------------------------------------------------------------------
+
+
+class StageHealth(BaseModel):
+    ready: bool = Field(description="the stage can do its part of a turn now")
+    reason: str | None = Field(None, description="why not, and what to do; null when ready")
+
+
+class VadHealth(StageHealth):
+    model: str = "silero-vad"
+
+
+class SttHealth(StageHealth):
+    model: str
+    language: str | None
+
+
+class LlmHealth(StageHealth):
+    backend: Literal["embedded", "openai"]
+    model: str
+    base_url: str | None = Field(None, description="openai backend: the server probed, without credentials")
+
+
+class TtsHealth(StageHealth):
+    engine: str
+    voice: str
+    sample_rate: int
+
+
+class WakeHealth(StageHealth):
+    enabled: bool = Field(description="false: every sound goes to the VAD, nothing waits for a wake word")
+    words: list[str]
+
+
+class Stages(BaseModel):
+    vad: VadHealth
+    stt: SttHealth
+    llm: LlmHealth
+    tts: TtsHealth
+    wake: WakeHealth
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded", "starting"] = Field(
+        description="ok: every stage ready; degraded: some stage is not (see problems); starting: models loading"
+    )
+    stages: Stages | None = Field(description="null while the models are still loading")
+    problems: list[str] = Field(description="'stage: reason' for each stage that is not ready")
+    sessions: int = Field(description="open realtime connections")
+    version: str
+
+
+class PublicConfig(BaseModel):
+    """The settings a client may see: no secrets, no local cache or trace paths."""
+
+    version: str
+    server: ServerSettings
+    audio: AudioSettings
+    wake: WakeSettings
+    vad: VadSettings
+    stt: SttSettings
+    llm: LlmSettings
+    chunker: ChunkerSettings
+    tts: TtsSettings
+
+
+class Transcription(BaseModel):
+    text: str = Field(description="what Whisper heard; empty when rejected")
+    language: str
+    duration_s: float = Field(description="length of the decoded audio")
+    rejected_reason: str | None = Field(
+        description="why the hallucination guard dropped the text (no_speech, phantom, too_short, ...); null if kept"
+    )
+
+
+class SynthesizeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS, description="the words to speak")
+    voice: str | None = Field(None, description="a name from GET /api/voices; default: the configured voice")
+    rate: Literal[16000, 24000, 48000] | None = Field(None, description="output sample rate; default: the voice's")
+
+    @field_validator("text")
+    @classmethod
+    def _has_words(cls, text: str) -> str:
+        if not text.strip():
+            raise ValueError("text is blank: give the words to speak")
+        return text
+
+
+class Voice(BaseModel):
+    name: str
+    engine: Literal["piper"]
+    language: str
+    sample_rate: int
+    status: Literal["ready"]
+
+
+class Voices(BaseModel):
+    voices: list[Voice]
+    default: str
+
+
+class ErrorBody(BaseModel):
+    detail: str = Field(description="what was wrong and what to do")
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorBody} for code in codes}
+
+
+# --- health ---------------------------------------------------------------------------------
+
+
+class LlmProbe:
+    """Does the OpenAI-compatible server answer `GET {base_url}/models`? Asked at most once per `ttl_s`."""
+
+    def __init__(
+        self, settings: LlmSettings, *, ttl_s: float = PROBE_TTL_S, timeout_s: float = PROBE_TIMEOUT_S
+    ) -> None:
+        self.base_url = settings.base_url.rstrip("/")
+        self._key_env = settings.api_key_env
+        self._ttl_s, self._timeout_s = ttl_s, timeout_s
+        self._lock = asyncio.Lock()
+        self._checked_at: float | None = None
+        self._reason: str | None = None
+
+    async def reason(self) -> str | None:
+        """Why the server is not usable, or None; concurrent callers share one probe."""
+        async with self._lock:
+            if self._checked_at is None or time.monotonic() - self._checked_at >= self._ttl_s:
+                reason = await self._probe()
+                if reason != self._reason or self._checked_at is None:
+                    extra = {"event": "health_llm_probe", "ready": reason is None, "server": public_url(self.base_url)}
+                    log.log(logging.INFO if reason is None else logging.WARNING, "llm server probed", extra=extra)
+                self._reason, self._checked_at = reason, time.monotonic()
+            return self._reason
+
+    async def _probe(self) -> str | None:
+        where = f"the LLM server at {public_url(self.base_url)}"
+        key = os.environ.get(self._key_env, "") if self._key_env else ""
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        try:
+            async with httpx.AsyncClient(timeout=self._timeout_s) as client:
+                response = await client.get(f"{self.base_url}/models", headers=headers)
+        except httpx.TimeoutException:
+            return f"{where} did not answer within {self._timeout_s:g} s: check that it is running and not overloaded"
+        except httpx.HTTPError as exc:
+            return f"{where} is unreachable ({_network_reason(exc)}): start it or set llm.base_url"
+        status = response.status_code
+        if status in (401, 403):
+            return f"{where} refused the API key ({status}): put a valid key in ${self._key_env}"
+        if status == 404:
+            return f"{where} has no /models (404): check llm.base_url (it usually ends in /v1)"
+        if status >= 400:
+            return f"{where} answered {status} to GET /models: check its log"
+        return None
+
+
+def _network_reason(exc: httpx.HTTPError) -> str:
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ConnectionRefusedError) or "refused" in str(cause).lower():
+            return "connection refused"
+        cause = cause.__cause__ or cause.__context__
+    return type(exc).__name__
+
+
+def public_url(url: str) -> str:
+    """`url` without user:password or query, which may carry credentials."""
+    parts = urlsplit(url)
+    netloc = parts.hostname or ""
+    if parts.port is not None:
+        netloc = f"{netloc}:{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+async def _llm_health(request: Request, settings: LlmSettings) -> LlmHealth:
+    health = LlmHealth(ready=True, backend=settings.backend, model=settings.model)
+    if settings.backend != "openai":
+        return health
+    probe: LlmProbe | None = getattr(request.app.state, "llm_probe", None)
+    if probe is None:
+        probe = request.app.state.llm_probe = LlmProbe(settings)
+    reason = await probe.reason()
+    return health.model_copy(update={"ready": reason is None, "reason": reason, "base_url": public_url(probe.base_url)})
+
+
+async def _stages(request: Request, engines: Engines) -> Stages:
+    s = engines.settings
+    if engines.wake is not None:
+        wake = WakeHealth(ready=True, enabled=True, words=[word.name for word in engines.wake.words])
+    elif s.wake.enabled:
+        wake = WakeHealth(ready=False, enabled=True, words=[], reason="wake.enabled is true but no model is loaded")
+    else:
+        wake = WakeHealth(ready=True, enabled=False, words=[])
+    return Stages(
+        vad=VadHealth(ready=True),
+        stt=SttHealth(ready=True, model=s.stt.model, language=s.stt.language),
+        llm=await _llm_health(request, s.llm),
+        tts=TtsHealth(
+            ready=True, engine=s.tts.engine, voice=voice_name(s.tts.voice), sample_rate=engines.tts.sample_rate
+        ),
+        wake=wake,
+    )
+
+
+@router.get(
+    "/healthz",
+    response_model=Health,
+    responses={503: {"model": Health, "description": "the models are still loading"}},
+    tags=["health"],
+)
+async def healthz(request: Request, response: Response) -> Health:
+    """Per-stage readiness. 200 with status ok or degraded (the problems say why); 503 while starting."""
+    sessions = len(request.app.state.connections.open)
+    engines: Engines | None = getattr(request.app.state, "engines", None)
+    if engines is None:
+        response.status_code = 503
+        response.headers["Retry-After"] = "5"
+        return Health(status="starting", stages=None, problems=[], sessions=sessions, version=__version__)
+    stages = await _stages(request, engines)
+    problems = [
+        f"{name}: {stage.reason or 'not ready'}"
+        for name, stage in (("vad", stages.vad), ("stt", stages.stt), ("llm", stages.llm), ("tts", stages.tts))
+        if not stage.ready
+    ]
+    if stages.wake.enabled and not stages.wake.ready:
+        problems.append(f"wake: {stages.wake.reason}")
+    status: Literal["ok", "degraded"] = "degraded" if problems else "ok"
+    return Health(status=status, stages=stages, problems=problems, sessions=sessions, version=__version__)
+
+
+# --- config ---------------------------------------------------------------------------------
+
+
+@router.get("/api/config", response_model=PublicConfig, tags=["config"])
+async def public_config(request: Request) -> PublicConfig:
+    """The settings in effect, minus secrets and local file paths (cache dir, trace file)."""
+    s: Settings = request.app.state.settings
+    llm = s.llm.model_copy(update={"base_url": public_url(s.llm.base_url)})
+    return PublicConfig(
+        version=__version__,
+        server=s.server,
+        audio=s.audio,
+        wake=s.wake,
+        vad=s.vad,
+        stt=s.stt,
+        llm=llm,
+        chunker=s.chunker,
+        tts=s.tts,
+    )
+
+
+# --- transcribe -----------------------------------------------------------------------------
+
+_UPLOAD_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": f"an audio file, at most {MAX_UPLOAD_BYTES // 2**20} MB "
+                            f"and {MAX_AUDIO_S / 60:g} minutes, in any container FFmpeg reads",
+                        }
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "/api/transcribe",
+    response_model=Transcription,
+    openapi_extra=_UPLOAD_BODY,
+    responses=_errors(400, 413, 415, 503),
+    tags=["speech"],
+)
+async def transcribe(request: Request) -> Transcription:
+    """Transcribe one uploaded audio file with the server's Whisper model."""
+    engines = _engines(request)
+    started = time.perf_counter()
+    filename, data = await _read_upload(request)
+    pcm = await _decode(filename, data)
+    duration_s = len(pcm) / STT_RATE
+    result = await engines.stt.atranscribe(pcm)
+    extra = {
+        "event": "rest_transcribe",
+        "bytes": len(data),
+        "audio_s": round(duration_s, 3),
+        "ms": round((time.perf_counter() - started) * 1000, 1),
+        "chars": len(result.text),
+        "rejected_reason": result.rejected_reason,
+    }
+    log.info("transcribed upload", extra=extra)
+    return Transcription(
+        text=result.text,
+        language=result.language,
+        duration_s=round(duration_s, 3),
+        rejected_reason=result.rejected_reason,
+    )
+
+
+async def _read_upload(request: Request) -> tuple[str, bytes]:
+    """The form's `file` part, read as the request streams in; 413 as soon as it is too big."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise HTTPException(
+            415, "send the audio as multipart/form-data with the file in the field 'file' (curl -F file=@speech.wav)"
+        )
+    limit = MAX_UPLOAD_BYTES + MULTIPART_SLACK
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise _too_big()
+    parser = MultiPartParser(request.headers, _limited(request.stream(), limit), max_files=1, max_fields=8)
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise HTTPException(400, f"the multipart form is malformed ({exc.message}): send one file in 'file'") from None
+    try:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise HTTPException(400, "no file in the form field 'file': send the audio as file=@speech.wav")
+        data = await upload.read()
+        filename = upload.filename or "upload"
+    finally:
+        await form.close()
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise _too_big()
+    if not data:
+        raise HTTPException(400, f"{filename!r} is empty: {FORMATS_HINT}")
+    return filename, data
+
+
+async def _limited(stream: AsyncIterator[bytes], limit: int) -> AsyncGenerator[bytes, None]:
+    total = 0
+    async for chunk in stream:
+        total += len(chunk)
+        if total > limit:
+            raise _too_big()
+        yield chunk
+
+
+def _too_big() -> HTTPException:
+    return HTTPException(
+        413, f"the upload is larger than {MAX_UPLOAD_BYTES // 2**20} MB: send a shorter or compressed recording"
+    )
+
+
+async def _decode(filename: str, data: bytes) -> PCM16:
+    try:
+        pcm = await asyncio.to_thread(decode_audio, data, STT_RATE)
+    except ValueError as exc:
+        detail = getattr(exc.__cause__, "strerror", None) or str(exc).replace("<bytes>", repr(filename))
+        raise HTTPException(415, f"cannot decode {filename!r} as audio ({detail}): {FORMATS_HINT}") from None
+    if len(pcm) == 0:
+        raise HTTPException(400, f"{filename!r} holds no audio samples: {FORMATS_HINT}")
+    if len(pcm) > MAX_AUDIO_S * STT_RATE:
+        raise HTTPException(
+            413, f"{filename!r} is {len(pcm) / STT_RATE:.0f} s long; the limit is {MAX_AUDIO_S:g} s: split it"
+        )
+    return pcm
+
+
+# --- synthesize and voices ------------------------------------------------------------------
+
+
+@router.post(
+    "/api/synthesize",
+    response_class=Response,
+    responses={200: {"content": {"audio/wav": {}}, "description": "PCM16 mono WAV"}, **_errors(404, 422, 503)},
+    tags=["speech"],
+)
+async def synthesize(body: SynthesizeRequest, request: Request) -> Response:
+    """Speak `text` with a voice from /api/voices; returns a WAV file."""
+    engines = _engines(request)
+    voices = _voices(engines)
+    name = body.voice or voices[0].name
+    if name not in {voice.name for voice in voices}:
+        known = ", ".join(voice.name for voice in voices)
+        raise HTTPException(404, f"unknown voice {name!r}: use one of {known} (GET /api/voices)")
+    started = time.perf_counter()
+    pcm = await _speak(engines.tts, body.text)
+    if not len(pcm):
+        raise HTTPException(422, "the text holds nothing the voice can speak: give it words")
+    rate = body.rate or engines.tts.sample_rate
+    if rate != engines.tts.sample_rate:
+        pcm = await asyncio.to_thread(resample, pcm, engines.tts.sample_rate, rate)
+    extra = {
+        "event": "rest_synthesize",
+        "chars": len(body.text),
+        "voice": name,
+        "rate": rate,
+        "audio_s": round(len(pcm) / rate, 3),
+        "ms": round((time.perf_counter() - started) * 1000, 1),
+    }
+    log.info("synthesized text", extra=extra)
+    return Response(content=wav_bytes(pcm, rate), media_type="audio/wav")
+
+
+async def _speak(engine: PiperEngine, text: str) -> PCM16:
+    """All of `text`'s audio; cancelling (the client left) stops Piper at its next sentence."""
+    blocks = engine.worker.stream(functools.partial(engine.synthesize, text))
+    pieces: list[PCM16] = []
+    async with contextlib.aclosing(blocks):
+        async for block in blocks:
+            pieces.append(block)
+    return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int16)
+
+
+def wav_bytes(pcm: PCM16, rate: int) -> bytes:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        wav.writeframes(np.asarray(pcm, dtype="<i2").tobytes())
+    return buffer.getvalue()
+
+
+@router.get("/api/voices", response_model=Voices, responses=_errors(503), tags=["speech"])
+async def voices(request: Request) -> Voices:
+    """The voices /api/synthesize accepts; `default` is the one the realtime sessions speak with."""
+    available = _voices(_engines(request))
+    return Voices(voices=available, default=available[0].name)
+
+
+def _voices(engines: Engines) -> list[Voice]:
+    tts = engines.tts
+    language = str(tts.voice.config.espeak_voice)
+    name = voice_name(engines.settings.tts.voice)
+    return [Voice(name=name, engine="piper", language=language, sample_rate=tts.sample_rate, status="ready")]
+
+
+def voice_name(configured: str) -> str:
+    """The name a voice setting (an asset name, a .onnx path or a directory) is known by."""
+    return Path(configured).name.removesuffix(".onnx").removeprefix("piper-")
+
+
+def _engines(request: Request) -> Engines:
+    engines: Engines | None = getattr(request.app.state, "engines", None)
+    if engines is None:
+        raise HTTPException(503, "the models are still loading: retry in a few seconds", headers={"Retry-After": "5"})
+    return engines
