@@ -14,7 +14,7 @@ from voxloop.pipeline.errors import VoxloopError
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="voxloop", description="A realtime voice-chat server.")
     parser.add_argument("--version", action="version", version=f"voxloop {__version__}")
-    parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default), ERROR")
+    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR (default: WARNING; serve: server.log_level)")
     parser.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for command in (serve, converse, models):
@@ -30,7 +30,7 @@ def _errors(exc: BaseException) -> list[BaseException]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.log_level, json_lines=args.log_json)
+    setup_logging(args.log_level or "WARNING", json_lines=args.log_json)
     try:
         code: int = args.func(args)
     except KeyboardInterrupt:

@@ -7,6 +7,7 @@ import asyncio
 import sys
 from types import FrameType
 
+from voxloop.logs import setup_logging
 from voxloop.pipeline.config import load_settings
 
 
@@ -16,6 +17,8 @@ def run(args: argparse.Namespace) -> int:
     from voxloop.server.app import create_app
 
     settings = load_settings(args.config)
+    level = args.log_level or settings.server.log_level
+    setup_logging(level, json_lines=args.log_json)
     host = args.host or settings.server.host
     port = settings.server.port if args.port is None else args.port
     app = create_app(settings)
@@ -32,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         host=host,
         port=port,
         ws="websockets",
-        log_level=(args.log_level or settings.server.log_level).lower(),
+        log_level=level.lower(),
         timeout_graceful_shutdown=5,
     )
     server = Server(config)
