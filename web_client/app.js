@@ -1,0 +1,237 @@
+// voxloop hands-free client: the start/stop button, the realtime protocol, barge-in and truncation.
+import { AudioEngine, WIRE_RATE } from "./audio.js";
+import { decodePcm16, encodePcm16 } from "./pcm.js";
+import { Connection, realtimeUrl } from "./socket.js";
+import { View } from "./view.js";
+
+// A little state for people and tests to look at (window.voxloop in the devtools console).
+const shared = (window.voxloop = {
+  state: "off", // the pill: off | starting | connecting | reconnecting | asleep | listening | thinking | speaking
+  stateHistory: [],
+  messages: [], // {role, itemId, text, interrupted}
+  turns: [], // voxloop.trace payloads
+  playedSamples: 0, // reply frames the playback worklet actually played, at the context's rate
+  playedMs: {}, // assistant item id -> ms of its audio actually played
+  playing: false,
+  playbackStarted: [], // response ids reported with voxloop.playback.started
+  bargeIns: [], // {reason, itemId, playedMs, droppedFrames}
+  truncations: [], // conversation.item.truncate events sent
+  truncated: [], // the server's conversation.item.truncated answers
+  reconnects: [], // {attempt, delayMs, everOpened, code}
+  errors: [], // {code, message}
+  sentFrames: 0,
+  sampleRate: null,
+  micRate: null,
+  url: realtimeUrl(window.location),
+});
+
+const view = new View();
+let audio = null;
+let connection = null;
+let running = false;
+const assistantNodes = new Map(); // itemId -> <li>
+const itemResponse = new Map(); // itemId -> response id
+const muted = new Set(); // response ids whose remaining audio must not play (barge-in)
+let currentItem = null; // the assistant item whose audio arrived last
+let lastDoneItem = null;
+
+function setState(state) {
+  shared.state = state;
+  shared.stateHistory.push(state);
+  view.setState(state);
+}
+
+function showError(code, message) {
+  shared.errors.push({ code, message });
+  view.showError(code, message);
+}
+
+// -- start / stop ------------------------------------------------------------------------------
+
+async function start() {
+  running = true;
+  view.clearError();
+  view.setButton("starting");
+  setState("starting");
+  audio = new AudioEngine({ onFrame: sendFrame, onLevel: (rms) => view.setLevel(rms), onPlayback });
+  try {
+    await audio.start();
+  } catch (error) {
+    await stop();
+    showError(error.kind || "audio_error", error.message || String(error));
+    return;
+  }
+  shared.sampleRate = audio.sampleRate;
+  shared.micRate = audio.micRate;
+  view.setButton("stop");
+  setState("connecting");
+  view.setStatus(`Connecting to ${shared.url}…`);
+  connection = new Connection(shared.url, { onOpen, onEvent, onDown });
+  connection.start();
+}
+
+async function stop() {
+  running = false;
+  connection?.stop();
+  connection = null;
+  const engine = audio;
+  audio = null;
+  await engine?.stop();
+  shared.playing = false;
+  view.setButton("start");
+  setState("off");
+  view.setLevel(0);
+  view.setStatus("Stopped. Press Start to talk again.");
+}
+
+view.button.addEventListener("click", () => (running ? stop() : start()));
+
+// -- the socket --------------------------------------------------------------------------------
+
+function onOpen() {
+  connection.send({
+    type: "session.update",
+    session: {
+      type: "realtime",
+      audio: {
+        input: { format: { type: "audio/pcm", rate: WIRE_RATE } },
+        output: { format: { type: "audio/pcm", rate: WIRE_RATE } },
+      },
+    },
+  });
+}
+
+function onDown({ everOpened, code, reason, retryInMs, attempt }) {
+  audio?.flush();
+  muted.clear();
+  shared.reconnects.push({ attempt, delayMs: retryInMs, everOpened, code });
+  setState("reconnecting");
+  const wait = `Retrying in ${(retryInMs / 1000).toFixed(1)} s (attempt ${attempt}).`;
+  if (everOpened) {
+    const why = reason ? `: ${reason}` : "";
+    showError("connection_lost", `The connection to the server was lost (code ${code}${why}). ${wait}`);
+  } else {
+    showError("server_unreachable", `Server unreachable at ${shared.url}. Is \`voxloop serve\` running? ${wait}`);
+  }
+  view.setStatus("Waiting for the server…");
+}
+
+function sendFrame(pcm) {
+  if (connection && connection.send({ type: "input_audio_buffer.append", audio: encodePcm16(pcm) })) shared.sentFrames += 1;
+}
+
+const handlers = {
+  "session.created": () => {
+    if (shared.reconnects.length && shared.messages.length) view.addNote("Reconnected: a new session begins.");
+    view.clearError();
+    view.setStatus("Connected. Speak whenever you like; talk over the reply to interrupt it.");
+  },
+  "voxloop.state": (event) => setState(event.state),
+  "input_audio_buffer.speech_started": () => bargeIn("input_audio_buffer.speech_started"),
+  "output_audio_buffer.cleared": (event) => {
+    muted.add(event.response_id);
+    bargeIn("output_audio_buffer.cleared");
+  },
+  "conversation.item.input_audio_transcription.completed": (event) => {
+    view.addMessage("user", event.item_id, event.transcript);
+    shared.messages.push({ role: "user", itemId: event.item_id, text: event.transcript, interrupted: false });
+  },
+  "response.output_item.added": (event) => assistantNode(event.item.id, event.response_id),
+  "response.output_audio_transcript.delta": (event) => {
+    const node = assistantNode(event.item_id, event.response_id);
+    view.appendText(node, event.delta);
+    messageFor(event.item_id).text += event.delta;
+  },
+  "response.output_audio.delta": (event) => {
+    if (muted.has(event.response_id) || !audio) return;
+    itemResponse.set(event.item_id, event.response_id);
+    currentItem = event.item_id;
+    shared.playing = true;
+    audio.play(event.item_id, decodePcm16(event.delta));
+  },
+  "response.done": (event) => {
+    const response = event.response;
+    const item = response.output && response.output[0];
+    if (!item) return;
+    lastDoneItem = item.id;
+    if (response.status !== "completed") interrupted(item.id, "interrupted");
+  },
+  "conversation.item.truncated": (event) => shared.truncated.push({ itemId: event.item_id, audioEndMs: event.audio_end_ms }),
+  "voxloop.trace": (event) => {
+    shared.turns.push(event.trace);
+    const node = lastDoneItem && assistantNodes.get(lastDoneItem);
+    if (node) view.showTrace(node, event.trace);
+  },
+  error: (event) => {
+    const { code, message } = event.error || {};
+    showError(code || "server_error", `Server error (${code}): ${message}`);
+  },
+};
+
+function onEvent(event) {
+  const handler = handlers[event.type];
+  if (handler) handler(event);
+}
+
+function assistantNode(itemId, responseId) {
+  let node = assistantNodes.get(itemId);
+  if (!node) {
+    node = view.addMessage("assistant", itemId, "");
+    assistantNodes.set(itemId, node);
+    itemResponse.set(itemId, responseId);
+    shared.messages.push({ role: "assistant", itemId, text: "", interrupted: false });
+  }
+  return node;
+}
+
+function messageFor(itemId) {
+  return shared.messages.find((m) => m.itemId === itemId) || { text: "" };
+}
+
+// Mark a reply as cut short; `precise` (what was actually played) overrides a generic label.
+function interrupted(itemId, label, precise = false) {
+  const node = assistantNodes.get(itemId);
+  if (!node || (node.dataset.interrupted && !precise)) return;
+  messageFor(itemId).interrupted = true;
+  view.markInterrupted(node, label);
+}
+
+// -- barge-in and playback ---------------------------------------------------------------------
+
+function bargeIn(reason) {
+  if (!audio) return;
+  const responseId = currentItem && itemResponse.get(currentItem);
+  if (responseId) muted.add(responseId); // its remaining audio, still arriving, must stay silent
+  pendingBargeIn = reason;
+  audio.flush(); // answered by a "flushed" message with what was actually played
+}
+let pendingBargeIn = null;
+
+function onPlayback(message) {
+  shared.playedSamples = message.totalPlayed ?? shared.playedSamples;
+  if (message.playedMs) shared.playedMs = message.playedMs;
+  if (message.type === "started") {
+    const responseId = itemResponse.get(message.itemId);
+    if (responseId && connection?.send({ type: "voxloop.playback.started", response_id: responseId }))
+      shared.playbackStarted.push(responseId);
+  } else if (message.type === "drained") {
+    shared.playing = false;
+  } else if (message.type === "flushed") {
+    shared.playing = false;
+    onFlushed(message);
+  }
+}
+
+function onFlushed({ droppedFrames, itemId, playedMs }) {
+  const reason = pendingBargeIn;
+  pendingBargeIn = null;
+  if (!droppedFrames || !itemId) return; // nothing was cut: no barge-in to show
+  const audioEndMs = Math.round(playedMs[itemId] || 0);
+  shared.bargeIns.push({ reason, itemId, playedMs: audioEndMs, droppedFrames });
+  interrupted(itemId, `interrupted at ${(audioEndMs / 1000).toFixed(1)} s`, true);
+  const truncate = { type: "conversation.item.truncate", item_id: itemId, content_index: 0, audio_end_ms: audioEndMs };
+  if (connection?.send(truncate)) shared.truncations.push(truncate);
+}
+
+setState("off");
+view.setButton("start");
