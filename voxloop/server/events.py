@@ -23,9 +23,10 @@ DEFAULT_RATE = 24000
 
 
 class ProtocolError(Exception):
-    def __init__(self, code: str, message: str, *, param: str | None = None) -> None:
+    def __init__(self, code: str, message: str, *, param: str | None = None, event_id: str | None = None) -> None:
         super().__init__(message)
         self.code, self.message, self.param = code, message, param
+        self.event_id = event_id  # the client event's id, when it was read before the error was found
 
 
 class Loose(BaseModel):
@@ -99,6 +100,7 @@ def parse_event(text: str) -> dict[str, Any]:
             "unknown_event",
             f"unknown event type {event['type']!r}; supported: {', '.join(sorted(CLIENT_EVENTS))}",
             param="type",
+            event_id=event["event_id"] if isinstance(event.get("event_id"), str) else None,
         )
     return event
 

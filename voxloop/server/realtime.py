@@ -169,7 +169,7 @@ class RealtimeConnection:
                 await self._handle(event)
             except ProtocolError as error:
                 log.info("client event refused", extra={"event": "protocol_error", "code": error.code})
-                self.emit_error(error, event_id)
+                self.emit_error(error, event_id or error.event_id)
 
     async def _handle(self, event: dict[str, Any]) -> None:
         kind = event["type"]
@@ -194,9 +194,14 @@ class RealtimeConnection:
         elif kind == "conversation.item.truncate":
             self._truncate(event)
         elif kind == "voxloop.playback.started":
-            reply = self.reply or self.last_reply
-            if reply is not None:
-                reply.trace.mark("playback_start", self.session.now_ns())
+            self._playback_started()
+
+    def _playback_started(self) -> None:
+        reply = self.reply or self.last_reply
+        if reply is None or not reply.trace.mark("playback_start", self.session.now_ns()):
+            return
+        if reply is self.last_reply:  # its trace went out already: send the completed one
+            self.emit("voxloop.trace", trace=reply.trace.to_dict())
 
     def _update_session(self, config: ev.SessionConfig) -> None:
         if config.instructions is not None:
