@@ -25,6 +25,7 @@ from voxloop.pipeline.errors import AssetError
 from voxloop.pipeline.frames import PCM16, AudioInput, EndOfInput, Frame, SpeechEnded, SpeechStarted
 from voxloop.pipeline.graph import Graph
 from voxloop.pipeline.session import Session, State
+from voxloop.pipeline.testing import NoWords
 from voxloop.stages.vad import (
     WINDOW,
     Endpointer,
@@ -65,9 +66,7 @@ def detect(model: SileroVadModel, pcm: PCM16, settings: VadSettings = SETTINGS) 
         probs = stream.probabilities(piece)
         first_end = stream.samples_done - (len(probs) - 1) * WINDOW
         for k, prob in enumerate(probs):
-            ends.extend(
-                e for e in endpointer.update(prob, first_end + k * WINDOW) if isinstance(e, SpeechEnd)
-            )
+            ends.extend(e for e in endpointer.update(prob, first_end + k * WINDOW) if isinstance(e, SpeechEnd))
     last = endpointer.finish()
     return ends + ([last] if last else [])
 
@@ -141,9 +140,7 @@ def match(groups: list[RefGroup], detected: list[tuple[float, float]]) -> ConvRe
 
 
 @pytest.fixture(scope="module")
-def results(
-    vad_model: SileroVadModel, eval_dir: Path, conversations: list[dict[str, str]]
-) -> dict[str, ConvResult]:
+def results(vad_model: SileroVadModel, eval_dir: Path, conversations: list[dict[str, str]]) -> dict[str, ConvResult]:
     out = {}
     for name in CONVERSATIONS:
         conv_id = name.removesuffix("_noisefloor")
@@ -179,9 +176,7 @@ def test_every_turn_is_found_once_and_nothing_else(name: str, results: dict[str,
 
 
 @pytest.mark.parametrize("name", CONVERSATIONS)
-def test_detections_stay_inside_noisy_references_and_cover_them(
-    name: str, results: dict[str, ConvResult]
-) -> None:
+def test_detections_stay_inside_noisy_references_and_cover_them(name: str, results: dict[str, ConvResult]) -> None:
     for m in results[name].matches:
         assert m.start is not None and m.end is not None
         g = m.group
@@ -202,9 +197,7 @@ def test_sharp_boundaries_are_found_within_150ms(results: dict[str, ConvResult])
             if m.group.end_sharp:
                 errors.append(m.end - m.group.end)
     within = [abs(e) <= TOLERANCE_S for e in errors]
-    print(
-        f"\nsharp boundaries within 150 ms: {sum(within)}/{len(errors)}; worst {max(map(abs, errors)):.3f} s"
-    )
+    print(f"\nsharp boundaries within 150 ms: {sum(within)}/{len(errors)}; worst {max(map(abs, errors)):.3f} s")
     assert len(errors) >= 30
     assert sum(within) / len(within) >= 0.9
     # A start later than the pre-roll would cut speech from the utterance.
@@ -264,7 +257,7 @@ async def test_the_stage_in_a_graph_opens_a_turn_per_utterance_with_speech_end_a
     session = Session(clock=clock)
     stage = PacedVad(session, clock, vad_model)
     out: list[Frame] = []
-    async with Graph(session, [stage]) as graph:
+    async with Graph(session, [stage, NoWords(session)]) as graph:
 
         async def feed() -> None:
             for frame in audio_frames(session, pcm):
@@ -318,6 +311,6 @@ async def test_speech_while_the_assistant_speaks_interrupts_it_before_the_turn_o
     assert isinstance(started, SpeechStarted) and isinstance(ended, SpeechEnded)
     assert epochs == [1] and session.interrupts == 1
     assert (started.epoch, started.turn_id) == (1, 1)
-    assert session.state is State.LISTENING
+    assert session.state is State.THINKING  # the new utterance is being answered
     assert ended.turn_id == 1 and len(ended.audio) > 0.5 * len(pcm) - SETTINGS.preroll_ms * 16
     assert set(session.trace.marks) == {"speech_end", "endpoint"}

@@ -27,6 +27,7 @@ from voxloop.pipeline.frames import (
 from voxloop.pipeline.graph import Graph
 from voxloop.pipeline.session import Session, State
 from voxloop.pipeline.stage import StageBase
+from voxloop.pipeline.testing import NoWords
 from voxloop.stages.vad import SileroVadModel, VadStage, load_vad_model
 from voxloop.stages.wake import CHUNK, WAKE_TAIL_S, Detection, WakeModels, WakeStage, load_wake_models
 
@@ -111,14 +112,10 @@ def test_music_rarely_fires(wake_models: WakeModels, manifest: list[dict[str, st
     assert sum(map(len, false_accepts.values())) <= 1
 
 
-def test_ordinary_speech_rarely_fires(
-    wake_models: WakeModels, manifest: list[dict[str, str]], eval_dir: Path
-) -> None:
+def test_ordinary_speech_rarely_fires(wake_models: WakeModels, manifest: list[dict[str, str]], eval_dir: Path) -> None:
     rows = clips(manifest, "utterance")
     seconds = sum(float(r["duration_s"]) for r in rows)
-    false_accepts = [
-        (k, d.word, round(d.score, 2)) for k, v in fired(wake_models, eval_dir, rows).items() for d in v
-    ]
+    false_accepts = [(k, d.word, round(d.score, 2)) for k, v in fired(wake_models, eval_dir, rows).items() for d in v]
     print(f"\nfalse accepts in {seconds:.0f} s of ordinary speech ({len(rows)} clips): {false_accepts}")
     assert len(false_accepts) <= seconds / 300  # at most one per five minutes of speech
 
@@ -227,13 +224,12 @@ async def run_gated(
     session = Session(clock=clock)
     wake, tap = PacedWake(session, clock, wake_models), Tap()
     out: list[Frame] = []
-    async with Graph(session, [wake, tap, VadStage(session, VadSettings(), vad_model)]) as graph:
+    stages = [wake, tap, VadStage(session, VadSettings(), vad_model), NoWords(session)]
+    async with Graph(session, stages) as graph:
 
         async def feed() -> None:
             for i in range(0, len(pcm), FRAME):
-                await graph.push(
-                    AudioInput(session_id=session.id, t_ns=i * NS_PER_SAMPLE, pcm=pcm[i : i + FRAME])
-                )
+                await graph.push(AudioInput(session_id=session.id, t_ns=i * NS_PER_SAMPLE, pcm=pcm[i : i + FRAME]))
             await graph.push(EndOfInput(session_id=session.id))
 
         feeder = asyncio.create_task(feed())
@@ -258,9 +254,7 @@ def gated(
         turn_starts=[],
         segments=[r for r in conversations if r["conv_id"] == "dev_conv03_noise_wake"],
     )
-    run.turn_starts = [
-        run.to_input(round(f.audio_offset_s * SR)) for f in out if isinstance(f, SpeechStarted)
-    ]
+    run.turn_starts = [run.to_input(round(f.audio_offset_s * SR)) for f in out if isinstance(f, SpeechStarted)]
     print("\ndetections (word, s):", [(w, t / SR) for w, t in run.detections])
     print("passed (s):", [(a / SR, b / SR) for a, b in run.passed])
     print("turns start (s):", [t / SR for t in run.turn_starts])
@@ -278,9 +272,7 @@ def test_detections_are_the_spoken_wake_words(gated: GatedRun) -> None:
     wake_rows = [r for r in gated.segments if r["kind"] == "wakeword"]
     heard = set()
     for word, at in gated.detections:
-        row = next(
-            r for r in wake_rows if gated.span(r["clip_id"])[0] < at <= gated.span(r["clip_id"])[1] + SR
-        )
+        row = next(r for r in wake_rows if gated.span(r["clip_id"])[0] < at <= gated.span(r["clip_id"])[1] + SR)
         assert (LABELS | {"jarvis": "hey_jarvis"}).get(row["transcript"].lower()) == word, row["clip_id"]
         heard.add(row["clip_id"])
     assert {"pv_alexa_3", "wyoming_hey_jarvis", "oww_hey_mycroft_test"} <= heard

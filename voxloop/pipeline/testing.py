@@ -12,9 +12,24 @@ from collections.abc import AsyncIterator, Sequence
 
 import numpy as np
 
-from voxloop.pipeline.frames import AudioOutput, Frame, ReplyChunk, ReplyDone, ReplyText, Transcript
+from voxloop.pipeline.frames import AudioOutput, Frame, ReplyChunk, ReplyDone, ReplyText, SpeechEnded, Transcript
 from voxloop.pipeline.session import Session
 from voxloop.pipeline.stage import StageBase
+
+
+class NoWords(StageBase):
+    """Stands in for an STT that hears no words in any utterance: the session goes back to
+    listening, as it would after noise. For testing the stages before the STT on their own."""
+
+    name = "no-words"
+    handles = (SpeechEnded,)
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    async def process(self, frame: Frame) -> AsyncIterator[Frame]:
+        self.session.utterance_dropped()
+        yield frame
 
 
 class ScriptedLlm(StageBase):
