@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
         app,
         host=host,
         port=port,
-        ws="websockets",
+        ws="websockets-sansio",  # the websockets library's sans-I/O core (the legacy one is deprecated)
         log_level=level.lower(),
         timeout_graceful_shutdown=5,
     )
