@@ -157,9 +157,7 @@ def report(result: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--limit", type=int, default=20, help="how many gold utterances (default 20)")
     parser.add_argument("--config", help="settings file (default: config.yaml)")
     parser.add_argument("--out", default="out/bench_turn.json")

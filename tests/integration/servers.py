@@ -28,9 +28,7 @@ class ServerProcess:
         self.log_path = log_path
         cmd = [sys.executable, "-m", "voxloop", "--log-level", "INFO", "serve", "--port", str(port)]
         self._log = log_path.open("w")
-        self.proc = subprocess.Popen(
-            cmd, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
-        )
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S

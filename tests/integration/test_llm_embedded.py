@@ -90,9 +90,7 @@ async def test_cancelling_the_consuming_task_also_stops_generation(llm: Embedded
 
 async def test_sessions_queue_for_the_model_and_get_their_own_answers(llm: EmbeddedLlamaBackend) -> None:
     alone = [await answer(llm, q) for q in ("How many days are in a week?", "What color is the sky?")]
-    together = await asyncio.gather(
-        answer(llm, "How many days are in a week?"), answer(llm, "What color is the sky?")
-    )
+    together = await asyncio.gather(answer(llm, "How many days are in a week?"), answer(llm, "What color is the sky?"))
     assert list(together) == alone  # greedy decoding: the same text, nothing interleaved
 
 

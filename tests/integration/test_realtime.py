@@ -151,6 +151,21 @@ async def _one_turn(url: str, pcm: PCM16) -> RealtimeClient:
     return client
 
 
+async def test_turn_detection_settings_retune_this_sessions_vad(server: ServerProcess, clip: Clip) -> None:
+    pcm, _ = clip(FORWARD)
+    async with await RealtimeClient.connect(server.ws_url) as client:
+        await client.wait_for("session.created", within=10)
+        detection = {"type": "server_vad", "silence_duration_ms": 250, "prefix_padding_ms": 200, "threshold": 0.6}
+        updated = await client.update_session({"audio": {"input": {"turn_detection": detection}}})
+        described = updated["session"]["audio"]["input"]["turn_detection"]
+        assert (described["silence_duration_ms"], described["prefix_padding_ms"]) == (250, 200)
+        assert described["threshold"] == 0.6
+        await say(client, pcm)
+        _, trace = await client.wait_turn(within=TURN_S)
+    # The endpoint comes one (shorter) silence after the speech, not the configured 500 ms.
+    assert 180 <= trace["trace"]["spans_ms"]["endpoint_delay"] < 400  # arrival jitter: not exact
+
+
 async def test_two_concurrent_sessions_hear_and_answer_only_their_own_speaker(
     server: ServerProcess, clip: Clip
 ) -> None:

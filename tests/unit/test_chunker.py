@@ -222,10 +222,7 @@ def test_long_sentences_are_cut_at_a_clause_or_space_before_max_chars(max_chars:
 
 def test_a_long_sentence_prefers_its_last_clause_boundary() -> None:
     chunks = run(["Here is the plan for today. " + LONG], ChunkerSettings(max_chars=120))
-    assert (
-        chunks[1]
-        == "Our walking tour starts at the old harbour, continues past the cathedral and the market hall,"
-    )
+    assert chunks[1] == "Our walking tour starts at the old harbour, continues past the cathedral and the market hall,"
 
 
 def test_a_word_longer_than_max_chars_is_cut_hard() -> None:
@@ -305,13 +302,9 @@ def test_count_words_ignores_punctuation() -> None:
 # --- the stage ------------------------------------------------------------------------------
 
 
-async def feed_stage(
-    stage: ChunkerStage, session: Session, deltas: list[str]
-) -> list[ReplyChunk | ReplyDone]:
+async def feed_stage(stage: ChunkerStage, session: Session, deltas: list[str]) -> list[ReplyChunk | ReplyDone]:
     out: list[ReplyChunk | ReplyDone] = []
-    frames = [session.make(ReplyText, text=d) for d in deltas] + [
-        session.make(ReplyDone, text="".join(deltas))
-    ]
+    frames = [session.make(ReplyText, text=d) for d in deltas] + [session.make(ReplyDone, text="".join(deltas))]
     for frame in frames:
         async for produced in stage.process(frame):
             assert isinstance(produced, ReplyChunk | ReplyDone)

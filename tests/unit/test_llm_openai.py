@@ -179,9 +179,7 @@ async def drain(items: AsyncIterator[T], into: list[T]) -> None:
 # --- the wire format ------------------------------------------------------------------------
 
 
-async def test_a_normal_stream_yields_each_delta(
-    server: ScriptedServer, backend: OpenAICompatBackend
-) -> None:
+async def test_a_normal_stream_yields_each_delta(server: ScriptedServer, backend: OpenAICompatBackend) -> None:
     server.replies.append(Reply(sse("Hello", " there", "!")))
     messages = [{"role": "system", "content": "be brief"}, *HI]
     assert await collect(backend, messages) == ["Hello", " there", "!"]
@@ -219,9 +217,7 @@ async def test_a_stream_cut_short_is_an_error(server: ScriptedServer, backend: O
         await collect(backend)
 
 
-async def test_keepalives_comments_and_crlf_are_tolerated(
-    server: ScriptedServer, backend: OpenAICompatBackend
-) -> None:
+async def test_keepalives_comments_and_crlf_are_tolerated(server: ScriptedServer, backend: OpenAICompatBackend) -> None:
     usage = {"id": "x", "object": "chat.completion.chunk", "choices": [], "usage": {"total_tokens": 3}}
     parts: list[bytes | float] = [
         b": keepalive\r\n\r\n",
@@ -273,9 +269,7 @@ async def test_malformed_json_is_an_error(server: ScriptedServer, backend: OpenA
     assert deltas == ["ok"]
 
 
-async def test_an_error_event_mid_stream_is_an_error(
-    server: ScriptedServer, backend: OpenAICompatBackend
-) -> None:
+async def test_an_error_event_mid_stream_is_an_error(server: ScriptedServer, backend: OpenAICompatBackend) -> None:
     server.replies.append(Reply([event(chunk("ok")), event({"error": {"message": "out of memory"}})]))
     with pytest.raises(TransientError, match="failed mid-reply: out of memory"):
         await collect(backend)
@@ -430,9 +424,7 @@ async def test_the_stage_streams_the_reply_and_marks_the_first_token(server: Scr
     session.user_said("capital of France?")
     client = OpenAICompatBackend(settings, env={})
     try:
-        out = await run_stage(
-            LlmStage(session, settings, client), session.make(Transcript, text="capital of France?")
-        )
+        out = await run_stage(LlmStage(session, settings, client), session.make(Transcript, text="capital of France?"))
     finally:
         await client.close()
     assert [(type(f), getattr(f, "text", None)) for f in out] == [
@@ -451,9 +443,7 @@ async def test_the_stage_streams_the_reply_and_marks_the_first_token(server: Scr
     ]
 
 
-async def test_the_stage_ignores_partial_transcripts(
-    server: ScriptedServer, backend: OpenAICompatBackend
-) -> None:
+async def test_the_stage_ignores_partial_transcripts(server: ScriptedServer, backend: OpenAICompatBackend) -> None:
     session = Session()
     stage = LlmStage(session, settings_for(server), backend)
     for transcript in (session.make(Transcript, text="capital of", final=False), session.make(Transcript)):

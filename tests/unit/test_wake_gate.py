@@ -107,8 +107,7 @@ class ScriptedOww:
 
 def detector(scripts: dict[str, Sequence[float]], thresholds: dict[str, float]) -> WakeDetector:
     words = {
-        f"{name}_v0.1": WakeWordModel(name, Path(f"/models/{name}_v0.1.onnx"), thresholds[name])
-        for name in scripts
+        f"{name}_v0.1": WakeWordModel(name, Path(f"/models/{name}_v0.1.onnx"), thresholds[name]) for name in scripts
     }
     model = ScriptedOww({f"{name}_v0.1": script for name, script in scripts.items()})
     return WakeDetector(model, words, refractory_samples=round(1.5 * SR))

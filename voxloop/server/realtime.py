@@ -40,6 +40,7 @@ from voxloop.pipeline.tasks import cancel_and_wait
 from voxloop.pipeline.trace import TurnTrace
 from voxloop.server import events as ev
 from voxloop.server.events import ProtocolError
+from voxloop.stages.vad import VadStage
 
 if TYPE_CHECKING:
     from voxloop.engine import Engines
@@ -214,17 +215,39 @@ class RealtimeConnection:
             if "turn_detection" in audio.input.model_fields_set:
                 detection = audio.input.turn_detection
                 self.server_vad = detection is not None
-                self.session.auto_respond = detection is None or detection.create_response
-                if detection is None:
-                    self.session.auto_respond = False
+                self.session.auto_respond = detection is not None and detection.create_response
+                if detection is not None:
+                    self._retune_vad(detection)
         if audio and audio.output:
             self.out_rate = ev.check_rate(audio.output.format, self.out_rate)
         if config.voxloop is not None:
             self.binary = config.voxloop.binary_audio
         self.emit("session.updated", session=self.describe())
 
+    def _retune_vad(self, detection: ev.TurnDetection) -> None:
+        vad = next((stage for stage in self.graph.stages if isinstance(stage, VadStage)), None)
+        if vad is None:
+            return
+        changes: dict[str, Any] = {}
+        if detection.threshold is not None:
+            changes["start_threshold"] = detection.threshold
+            changes["end_threshold"] = min(vad.settings.end_threshold, detection.threshold)
+        if detection.silence_duration_ms is not None:
+            changes["hangover_ms"] = detection.silence_duration_ms
+        if detection.prefix_padding_ms is not None:
+            changes["preroll_ms"] = detection.prefix_padding_ms
+        if changes:
+            vad.retune(vad.settings.model_copy(update=changes))
+
     def describe(self) -> dict[str, Any]:
-        detection = {"type": "server_vad", "create_response": self.session.auto_respond}
+        vad = next((stage for stage in self.graph.stages if isinstance(stage, VadStage)), None)
+        detection: dict[str, Any] = {"type": "server_vad", "create_response": self.session.auto_respond}
+        if vad is not None:
+            detection |= {
+                "threshold": vad.settings.start_threshold,
+                "silence_duration_ms": vad.settings.hangover_ms,
+                "prefix_padding_ms": vad.settings.preroll_ms,
+            }
         return {
             "id": self.session.id,
             "object": "realtime.session",

@@ -196,12 +196,8 @@ class Endpointer:
     """
 
     def __init__(self, settings: VadSettings, sample_rate: int = SAMPLE_RATE) -> None:
-        self._start_threshold = settings.start_threshold
-        self._end_threshold = settings.end_threshold
-        self._min_speech = _samples(settings.min_speech_ms / 1000, sample_rate)
-        self._hangover = _samples(settings.hangover_ms / 1000, sample_rate)
-        self._preroll = _samples(settings.preroll_ms / 1000, sample_rate)
-        self._max_utterance = _samples(settings.max_utterance_s, sample_rate)
+        self._sample_rate = sample_rate
+        self.retune(settings)
         self._tape = _Tape()
         self._phase = _Phase.IDLE
         self._position = 0  # end of the last window seen
@@ -209,6 +205,16 @@ class Endpointer:
         self._voiced = 0  # voiced samples in the candidate
         self._last_voiced_end = 0
         self._floor = 0  # end of the previous utterance: pre-roll never reaches back past it
+
+    def retune(self, settings: VadSettings) -> None:
+        """New thresholds and durations, from the next window on; the audio and state are kept."""
+        rate = self._sample_rate
+        self._start_threshold = settings.start_threshold
+        self._end_threshold = settings.end_threshold
+        self._min_speech = _samples(settings.min_speech_ms / 1000, rate)
+        self._hangover = _samples(settings.hangover_ms / 1000, rate)
+        self._preroll = _samples(settings.preroll_ms / 1000, rate)
+        self._max_utterance = _samples(settings.max_utterance_s, rate)
 
     @property
     def in_speech(self) -> bool:
@@ -293,11 +299,11 @@ class _Arrivals:
     def __init__(self, sample_rate: int, keep_samples: int) -> None:
         self._frames: deque[tuple[int, int, int]] = deque()  # (first sample, t_ns, length)
         self._ns_per_sample = 1e9 / sample_rate
-        self._keep = keep_samples
+        self.keep = keep_samples
 
     def add(self, first_sample: int, t_ns: int, length: int) -> None:
         self._frames.append((first_sample, t_ns, length))
-        horizon = first_sample + length - self._keep
+        horizon = first_sample + length - self.keep
         while len(self._frames) > 1 and self._frames[0][0] + self._frames[0][2] < horizon:
             self._frames.popleft()
 
@@ -305,6 +311,11 @@ class _Arrivals:
         """Arrival time of the sample boundary `boundary` (just after sample `boundary - 1`)."""
         first, t_ns, _ = next((entry for entry in reversed(self._frames) if entry[0] < boundary), self._frames[0])
         return t_ns + round((boundary - first) * self._ns_per_sample)
+
+
+def _arrival_history(settings: VadSettings) -> int:
+    """How far back arrival times are needed: past the hangover to the last voiced sample."""
+    return _samples((settings.hangover_ms / 1000) + 1.0, SAMPLE_RATE) + 2 * WINDOW
 
 
 class VadStage(StageBase):
@@ -323,8 +334,13 @@ class VadStage(StageBase):
         self._model = model
         self._stream = model.new_stream()
         self._endpointer = Endpointer(settings)
-        keep = _samples((settings.hangover_ms / 1000) + 1.0, SAMPLE_RATE) + 2 * WINDOW
-        self._arrivals = _Arrivals(SAMPLE_RATE, keep)
+        self._arrivals = _Arrivals(SAMPLE_RATE, _arrival_history(settings))
+
+    def retune(self, settings: VadSettings) -> None:
+        """Per-session turn detection (a client's session.update), from the next window on."""
+        self.settings = settings
+        self._endpointer.retune(settings)
+        self._arrivals.keep = max(self._arrivals.keep, _arrival_history(settings))
 
     async def process(self, frame: Frame) -> AsyncIterator[Frame]:
         if isinstance(frame, AudioInput):
