@@ -9,7 +9,6 @@ so it is checked one-sided (no detection beyond it) instead of to ±150 ms.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from voxloop.pipeline.errors import AssetError
 from voxloop.pipeline.frames import PCM16, AudioInput, EndOfInput, Frame, SpeechEnded, SpeechStarted
 from voxloop.pipeline.graph import Graph
 from voxloop.pipeline.session import Session, State
-from voxloop.pipeline.testing import NoWords
+from voxloop.pipeline.testing import NoWords, replay
 from voxloop.stages.vad import (
     WINDOW,
     Endpointer,
@@ -256,20 +255,8 @@ async def test_the_stage_in_a_graph_opens_a_turn_per_utterance_with_speech_end_a
     clock = ManualClock()
     session = Session(clock=clock)
     stage = PacedVad(session, clock, vad_model)
-    out: list[Frame] = []
     async with Graph(session, [stage, NoWords(session)]) as graph:
-
-        async def feed() -> None:
-            for frame in audio_frames(session, pcm):
-                await graph.push(frame)
-            await graph.push(EndOfInput(session_id=session.id))
-
-        feeder = asyncio.create_task(feed())
-        async for frame in graph.frames():
-            if isinstance(frame, EndOfInput):
-                break
-            out.append(frame)
-        await feeder
+        out = await replay(graph, audio_frames(session, pcm))
 
     assert not any(isinstance(f, AudioInput) for f in out)  # the VAD consumes the audio
     starts = [f for f in out if isinstance(f, SpeechStarted)]

@@ -19,7 +19,6 @@ from voxloop.pipeline.errors import ConfigError
 from voxloop.pipeline.frames import (
     PCM16,
     AudioInput,
-    EndOfInput,
     Frame,
     SpeechStarted,
     WakeWordDetected,
@@ -27,7 +26,7 @@ from voxloop.pipeline.frames import (
 from voxloop.pipeline.graph import Graph
 from voxloop.pipeline.session import Session, State
 from voxloop.pipeline.stage import StageBase
-from voxloop.pipeline.testing import NoWords
+from voxloop.pipeline.testing import NoWords, replay
 from voxloop.stages.vad import SileroVadModel, VadStage, load_vad_model
 from voxloop.stages.wake import CHUNK, WAKE_TAIL_S, Detection, WakeModels, WakeStage, load_wake_models
 
@@ -223,21 +222,13 @@ async def run_gated(
     clock = ManualClock()
     session = Session(clock=clock)
     wake, tap = PacedWake(session, clock, wake_models), Tap()
-    out: list[Frame] = []
     stages = [wake, tap, VadStage(session, VadSettings(), vad_model), NoWords(session)]
+    frames = (
+        AudioInput(session_id=session.id, t_ns=i * NS_PER_SAMPLE, pcm=pcm[i : i + FRAME])
+        for i in range(0, len(pcm), FRAME)
+    )
     async with Graph(session, stages) as graph:
-
-        async def feed() -> None:
-            for i in range(0, len(pcm), FRAME):
-                await graph.push(AudioInput(session_id=session.id, t_ns=i * NS_PER_SAMPLE, pcm=pcm[i : i + FRAME]))
-            await graph.push(EndOfInput(session_id=session.id))
-
-        feeder = asyncio.create_task(feed())
-        async for frame in graph.frames():
-            if isinstance(frame, EndOfInput):
-                break
-            out.append(frame)
-        await feeder
+        out = await replay(graph, frames)
     return out, wake, tap
 
 

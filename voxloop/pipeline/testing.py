@@ -8,11 +8,21 @@ They follow the same frame contract as the real stages, marks included.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 
 import numpy as np
 
-from voxloop.pipeline.frames import AudioOutput, Frame, ReplyChunk, ReplyDone, ReplyText, SpeechEnded, Transcript
+from voxloop.pipeline.frames import (
+    AudioOutput,
+    EndOfInput,
+    Frame,
+    ReplyChunk,
+    ReplyDone,
+    ReplyText,
+    SpeechEnded,
+    Transcript,
+)
+from voxloop.pipeline.graph import Graph
 from voxloop.pipeline.session import Session
 from voxloop.pipeline.stage import StageBase
 
@@ -134,3 +144,24 @@ class ScriptedTts(StageBase):
 
 def fake_reply_stages(session: Session, reply: str) -> Sequence[StageBase]:
     return [ScriptedLlm(session, reply), WordChunker(session), ScriptedTts(session)]
+
+
+async def replay(graph: Graph, frames: Iterable[Frame]) -> list[Frame]:
+    """Push `frames` then an EndOfInput, reading the output meanwhile; returns what came out
+    before the end of input did."""
+
+    async def feed() -> None:
+        for frame in frames:
+            await graph.push(frame)
+        await graph.push(EndOfInput(session_id=graph.session.id))
+
+    feeder = asyncio.create_task(feed())
+    out: list[Frame] = []
+    try:
+        async for frame in graph.frames():
+            if isinstance(frame, EndOfInput):
+                break
+            out.append(frame)
+    finally:
+        await feeder
+    return out

@@ -68,6 +68,11 @@ class Reply:
     chunk_index: int = -1
     resampler: Resampler | None = None
 
+    @property
+    def ids(self) -> dict[str, Any]:
+        """The fields that place an event in this reply's audio content part."""
+        return {"response_id": self.response_id, "item_id": self.item_id, "output_index": 0, "content_index": 0}
+
     def heard_text(self, audio_end_ms: float) -> str:
         """The words of the reply played by `audio_end_ms`, the partial chunk cut by its share."""
         words: list[str] = []
@@ -360,24 +365,12 @@ class RealtimeConnection:
         self.emit("response.created", response=ev.response_object(reply.response_id, "in_progress", []))
         item = ev.assistant_item(reply.item_id, "in_progress")
         self.emit("response.output_item.added", response_id=reply.response_id, output_index=0, item=item)
-        self.emit(
-            "response.content_part.added",
-            response_id=reply.response_id,
-            item_id=reply.item_id,
-            output_index=0,
-            content_index=0,
-            part={"type": "output_audio", "transcript": ""},
-        )
+        self.emit("response.content_part.added", part={"type": "output_audio", "transcript": ""}, **reply.ids)
         return reply
 
     def _audio_out(self, frame: AudioOutput) -> None:
         reply = self.reply or self._start_reply()
-        ids = {
-            "response_id": reply.response_id,
-            "item_id": reply.item_id,
-            "output_index": 0,
-            "content_index": 0,
-        }
+        ids = reply.ids
         if frame.chunk_index != reply.chunk_index:
             reply.chunk_index = frame.chunk_index
             reply.chunks.append((frame.chunk_text, reply.audio_ms))
@@ -392,12 +385,7 @@ class RealtimeConnection:
 
     def _finish_reply(self, status: str, text: str) -> None:
         reply = self.reply or self._start_reply()
-        ids = {
-            "response_id": reply.response_id,
-            "item_id": reply.item_id,
-            "output_index": 0,
-            "content_index": 0,
-        }
+        ids = reply.ids
         if status == "completed":
             self.emit("response.output_audio.done", **ids)
             self.emit("response.output_audio_transcript.done", transcript=text, **ids)
