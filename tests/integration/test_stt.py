@@ -21,7 +21,7 @@ from voxloop.pipeline.errors import AssetError, ConfigError
 from voxloop.pipeline.frames import EndOfInput, SpeechEnded, Transcript
 from voxloop.pipeline.graph import Graph
 from voxloop.pipeline.session import Message, Session, State
-from voxloop.stages.stt import SAMPLE_RATE, SttStage, WhisperEngine, load_whisper
+from voxloop.stages.stt import SAMPLE_RATE, SttResult, SttStage, WhisperEngine, load_whisper
 
 pytestmark = pytest.mark.integration
 
@@ -186,3 +186,41 @@ async def test_words_cut_off_by_a_barge_in_are_transcribed_with_the_next_utteran
     assert "forward" in heard
     assert "amiable" in heard
     assert session.history == [Message("user", transcripts[0].text)]
+
+
+async def test_a_speculative_end_is_transcribed_once_and_reused_by_the_final_end(
+    engine: WhisperEngine, eval_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    real = engine.atranscribe
+
+    async def counting(pcm: np.ndarray) -> SttResult:
+        calls.append(len(pcm))
+        return await real(pcm)
+
+    monkeypatch.setattr(engine, "atranscribe", counting)
+    speech = read16k(eval_dir / "audio" / "psphinx_goforward.wav")
+    tail = np.zeros(16000 // 2, np.int16)
+    session = Session()
+    async with Graph(session, [SttStage(session, SETTINGS, engine)]) as graph:
+        await session.user_started_speaking()
+        await graph.push(session.make(SpeechEnded, audio=speech, speech_end_ns=42, final=False))
+        session.user_stopped_speaking(42)
+        await graph.push(session.make(SpeechEnded, audio=np.concatenate([speech, tail]), speech_end_ns=42))
+        ended = await asyncio.wait_for(graph.output.get(), timeout=60)
+        transcript = await asyncio.wait_for(graph.output.get(), timeout=60)
+        assert isinstance(ended, SpeechEnded) and ended.final  # the speculative end is not passed on
+        assert isinstance(transcript, Transcript)
+        assert "forward" in words_for_wer(transcript.text)
+        assert calls == [len(speech)]  # transcribed once, during the hangover
+        assert session.trace.notes["stt_speculative"] == "hit"
+
+        # Speech came back after the pause: the final end has another speech end, so it is transcribed anew.
+        await session.user_started_speaking()
+        await graph.push(session.make(SpeechEnded, audio=speech, speech_end_ns=7, final=False))
+        session.user_stopped_speaking(9)
+        await graph.push(session.make(SpeechEnded, audio=np.concatenate([speech, speech]), speech_end_ns=9))
+        for _ in range(2):
+            await asyncio.wait_for(graph.output.get(), timeout=60)
+    assert calls[1:] == [len(speech), 2 * len(speech)]
+    assert session.trace.notes["stt_speculative"] == "miss"

@@ -234,7 +234,7 @@ class PacedVad(VadStage):
         if isinstance(frame, AudioInput):
             self.clock.t_ns = frame.t_ns + len(frame.pcm) * 1_000_000_000 // SR
         async for out in super().process(frame):
-            if isinstance(out, SpeechEnded):
+            if isinstance(out, SpeechEnded) and out.final:
                 self.marks.append(dict(self.session.trace.marks))
             yield out
 

@@ -166,3 +166,27 @@ def test_windows_must_come_in_order_and_after_their_audio() -> None:
     endpointer.update(0.9, WINDOW)
     with pytest.raises(ValueError, match="window end"):
         endpointer.update(0.9, WINDOW)
+
+
+def test_a_pause_is_announced_once_before_the_end_with_the_same_speech_end() -> None:
+    from voxloop.stages.vad import SpeechPause
+
+    endpointer = Endpointer(settings(speculate_ms=64))
+    events = run([0.9] * 4 + [0.1] * 3 + [0.9] * 3 + [0.1] * 6, endpointer)
+    kinds = [(index, type(event).__name__) for index, event in events]
+    # speech from window 0; a pause 2 silent windows after window 3; speech resumes at 7;
+    # a second pause after window 9, then the end after 5 silent windows (160 ms)
+    assert kinds == [(2, "SpeechStart"), (5, "SpeechPause"), (11, "SpeechPause"), (14, "SpeechEnd")]
+    first_pause, second_pause, end = (event for _, event in events[1:])
+    assert isinstance(first_pause, SpeechPause)
+    assert isinstance(second_pause, SpeechPause)
+    assert isinstance(end, SpeechEnd)
+    assert first_pause.speech_end == 4 * WINDOW
+    assert second_pause.speech_end == end.speech_end == 10 * WINDOW
+    # the speculative audio is the final utterance up to the pause: transcribing it is enough
+    assert np.array_equal(end.audio[: len(second_pause.audio)], second_pause.audio)
+
+
+def test_speculation_off_announces_no_pause() -> None:
+    events = run([0.9] * 4 + [0.1] * 6, Endpointer(settings(speculate_ms=0)))
+    assert [type(event).__name__ for _, event in events] == ["SpeechStart", "SpeechEnd"]

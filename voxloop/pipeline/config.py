@@ -58,6 +58,7 @@ class VadSettings(Section):
     end_threshold: float = Field(0.35, gt=0.0, lt=1.0)
     min_speech_ms: int = Field(250, ge=0)
     hangover_ms: int = Field(500, ge=32)
+    speculate_ms: int = Field(150, ge=0, description="silence after which STT starts early; 0: off")
     preroll_ms: int = Field(300, ge=0)
     max_utterance_s: float = Field(30.0, gt=1.0)
 

@@ -78,11 +78,14 @@ class SpeechEnded(Frame):
     """The VAD decided the utterance is over. `audio` holds it, pre-roll included.
 
     `speech_end_ns` is the clock time at which the last voiced sample arrived, which is
-    earlier than `t_ns` (the decision) by the silence hangover.
+    earlier than `t_ns` (the decision) by the silence hangover. `final` is False for a
+    speculative end: the user paused and the hangover is still running, so the STT may start
+    early; a final end with the same `speech_end_ns` follows unless the user speaks again.
     """
 
     audio: PCM16 = field(default_factory=_no_audio)
     speech_end_ns: int = 0
+    final: bool = True
 
 
 @dataclass(slots=True, kw_only=True)

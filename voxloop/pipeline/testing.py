@@ -38,8 +38,9 @@ class NoWords(StageBase):
         self.session = session
 
     async def process(self, frame: Frame) -> AsyncIterator[Frame]:
-        self.session.utterance_dropped()
-        yield frame
+        if isinstance(frame, SpeechEnded) and frame.final:  # a speculative end is the STT's alone
+            self.session.utterance_dropped()
+            yield frame
 
 
 class ScriptedLlm(StageBase):

@@ -274,21 +274,44 @@ class SttStage(StageBase):
         self.settings = settings
         self.engine = engine
         self._carried: PCM16 | None = None  # an utterance whose transcription a barge-in cut off
+        self._speculation: tuple[int, int, SttResult] | None = None  # (turn, speech_end_ns, result)
 
-    async def process(self, frame: Frame) -> AsyncIterator[Frame]:
-        if not isinstance(frame, SpeechEnded):
-            return
-        yield frame  # the transport reports the end of speech now, not after transcription
-        audio = frame.audio if self._carried is None else np.concatenate([self._carried, frame.audio])
-        self._carried = None
-        started = time.perf_counter()
+    async def _speculate(self, pause: SpeechEnded) -> None:
+        """Transcribe during the hangover; the final end reuses it if no speech came since."""
+        self._speculation = None
+        if self._carried is None:
+            result = await self.engine.atranscribe(pause.audio)
+            self._speculation = (pause.turn_id, pause.speech_end_ns, result)
+
+    def _speculation_for(self, end: SpeechEnded) -> SttResult | None:
+        speculation, self._speculation = self._speculation, None
+        if speculation is None:
+            return None
+        hit = speculation[:2] == (end.turn_id, end.speech_end_ns) and self._carried is None
+        self.session.trace.notes["stt_speculative"] = "hit" if hit else "miss"
+        return speculation[2] if hit else None
+
+    async def _transcribe(self, audio: PCM16) -> SttResult:
+        if self._carried is not None:
+            audio = np.concatenate([self._carried, audio])
+            self._carried = None
         try:
-            result = await self.engine.atranscribe(audio)
+            return await self.engine.atranscribe(audio)
         except asyncio.CancelledError:
             if self.session.user_speaking:
                 # The user went on talking after a pause: keep these words for the next utterance.
                 self._carried = audio
             raise
+
+    async def process(self, frame: Frame) -> AsyncIterator[Frame]:
+        if not isinstance(frame, SpeechEnded):
+            return
+        if not frame.final:
+            await self._speculate(frame)
+            return
+        yield frame  # the transport reports the end of speech now, not after transcription
+        started = time.perf_counter()
+        result = self._speculation_for(frame) or await self._transcribe(frame.audio)
         self.session.mark("stt_final")
         facts = {
             "audio_s": round(len(frame.audio) / SAMPLE_RATE, 3),

@@ -147,7 +147,17 @@ class SpeechEnd:
     forced: bool = False  # cut by max_utterance_s or by the end of the input
 
 
-VadEvent = SpeechStart | SpeechEnd
+@dataclass(frozen=True, slots=True)
+class SpeechPause:
+    """The speaker paused `speculate_ms` ago, inside an utterance: a likely end, not yet decided.
+    `audio` runs from `audio_start` to now; `speech_end` is the end of the last voiced window."""
+
+    audio: PCM16
+    audio_start: int
+    speech_end: int
+
+
+VadEvent = SpeechStart | SpeechPause | SpeechEnd
 
 
 class _Phase(enum.Enum):
@@ -205,6 +215,7 @@ class Endpointer:
         self._voiced = 0  # voiced samples in the candidate
         self._last_voiced_end = 0
         self._floor = 0  # end of the previous utterance: pre-roll never reaches back past it
+        self._paused_at = -1  # the speech end a SpeechPause was already sent for
 
     def retune(self, settings: VadSettings) -> None:
         """New thresholds and durations, from the next window on; the audio and state are kept."""
@@ -213,6 +224,7 @@ class Endpointer:
         self._end_threshold = settings.end_threshold
         self._min_speech = _samples(settings.min_speech_ms / 1000, rate)
         self._hangover = _samples(settings.hangover_ms / 1000, rate)
+        self._speculate = _samples(settings.speculate_ms / 1000, rate) if settings.speculate_ms else 0
         self._preroll = _samples(settings.preroll_ms / 1000, rate)
         self._max_utterance = _samples(settings.max_utterance_s, rate)
 
@@ -248,6 +260,10 @@ class Endpointer:
             if self._phase is _Phase.SPEECH:
                 events.append(self._end(window_end, self._last_voiced_end, forced=False))
             self._phase = _Phase.IDLE
+        elif self._pausing(window_end):
+            self._paused_at = self._last_voiced_end
+            audio_start = max(self._onset - self._preroll, self._tape.start)
+            events.append(SpeechPause(self._tape.read(audio_start, window_end), audio_start, self._last_voiced_end))
         if self._phase is _Phase.ONSET and self._voiced >= self._min_speech:
             self._phase = _Phase.SPEECH
             events.append(SpeechStart(self._onset))
@@ -256,6 +272,15 @@ class Endpointer:
             self._phase = _Phase.IDLE
         self._trim()
         return events
+
+    def _pausing(self, window_end: int) -> bool:
+        """Speech, silent for `speculate_ms` since its last voiced window, not yet announced."""
+        return (
+            self._speculate > 0
+            and self._phase is _Phase.SPEECH
+            and window_end - self._last_voiced_end >= self._speculate
+            and self._paused_at != self._last_voiced_end
+        )
 
     def finish(self) -> SpeechEnd | None:
         """The input ended: close an utterance in progress, with all the audio appended."""
@@ -369,6 +394,8 @@ class VadStage(StageBase):
             log.info("speech started", extra={"event": "speech_started", "turn": self.session.turn_id})
             return self.session.make(SpeechStarted, audio_offset_s=event.sample / SAMPLE_RATE)
         speech_end_ns = self._arrivals.time_of(event.speech_end)
+        if isinstance(event, SpeechPause):  # the STT may start while the hangover runs
+            return self.session.make(SpeechEnded, audio=event.audio, speech_end_ns=speech_end_ns, final=False)
         self.session.user_stopped_speaking(speech_end_ns)
         log.info(
             "speech ended",
