@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from voxloop import __version__
-from voxloop.commands import converse, models, serve, talk
+from voxloop.commands import converse, models, serve, talk, trace
 from voxloop.logs import setup_logging
 from voxloop.pipeline.errors import VoxloopError
 
@@ -17,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR (default: WARNING; serve: server.log_level)")
     parser.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for command in (serve, talk, converse, models):
+    for command in (serve, talk, converse, models, trace):
         command.add_parser(subparsers)
     return parser
 

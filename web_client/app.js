@@ -161,6 +161,7 @@ const handlers = {
     shared.turns.push(event.trace);
     const node = lastDoneItem && assistantNodes.get(lastDoneItem);
     if (node) view.showTrace(node, event.trace);
+    view.recordTurn(event.trace);
   },
   error: (event) => {
     const { code, message } = event.error || {};

@@ -22,6 +22,18 @@ const SPAN_LABELS = {
   playback: "playback start",
 };
 
+// Each step of a turn and the two marks that bound it (voxloop/pipeline/trace.py SPANS).
+const STEPS = [
+  ["endpoint_delay", "speech_end", "endpoint"],
+  ["stt", "endpoint", "stt_final"],
+  ["llm_first_token", "stt_final", "llm_first_token"],
+  ["first_chunk", "llm_first_token", "first_chunk"],
+  ["tts_first_audio", "first_chunk", "tts_first_audio"],
+  ["send", "tts_first_audio", "first_audio_sent"],
+  ["playback", "first_audio_sent", "playback_start"],
+];
+const HISTORY_LENGTH = 10;
+
 function el(tag, className, text) {
   const node = document.createElement(tag);
   if (className) node.className = className;
@@ -38,6 +50,9 @@ export class View {
     this.list = $("conversation");
     this.status = $("status");
     this.latency = $("latency");
+    this.waterfall = $("waterfall");
+    this.history = $("history");
+    this.turns = []; // the last HISTORY_LENGTH traces, oldest first
     this.levelValue = 0;
   }
 
@@ -140,6 +155,71 @@ export class View {
       bar.append(part);
     }
     return bar;
+  }
+
+  // -- latency panel: the waterfall of one turn and the last turns' voice-to-voice -----------
+
+  recordTurn(trace) {
+    // A turn's trace comes again once the browser's playback start is in it: replace, not add.
+    const same = (t) => t.session_id === trace.session_id && t.turn_id === trace.turn_id;
+    const at = this.turns.findIndex(same);
+    if (at >= 0) this.turns[at] = trace;
+    else this.turns = [...this.turns, trace].slice(-HISTORY_LENGTH);
+    this.showWaterfall(trace);
+    this.drawHistory(trace);
+  }
+
+  showWaterfall(trace) {
+    const marks = trace.marks_ms || {};
+    const steps = STEPS.filter(([, from, to]) => from in marks && to in marks);
+    const total = Math.max(1, ...steps.map(([, , to]) => marks[to]));
+    const v2v = trace.voice_to_voice_ms;
+    const box = this.waterfall;
+    box.replaceChildren(el("div", "wf-title", `Turn ${trace.turn_id}: ${v2v == null ? "—" : Math.round(v2v) + " ms"} voice-to-voice`));
+    box.dataset.turnId = String(trace.turn_id);
+    for (const [name, from, to] of steps) {
+      const ms = marks[to] - marks[from];
+      const row = el("div", "wf-row");
+      row.dataset.step = name;
+      const track = el("span", "wf-track");
+      const bar = el("span", `wf-bar seg-${name}`);
+      bar.style.left = `${((100 * Math.max(0, marks[from])) / total).toFixed(2)}%`;
+      bar.style.width = `${Math.max(0.4, (100 * ms) / total).toFixed(2)}%`;
+      track.append(bar);
+      row.title = `${SPAN_LABELS[name] || name}: ${Math.round(ms)} ms (from ${Math.round(marks[from])} ms)`;
+      row.append(el("span", "wf-label", SPAN_LABELS[name] || name), track, el("span", "wf-ms", `${Math.round(ms)}`));
+      box.append(row);
+    }
+    const axis = el("div", "wf-axis");
+    axis.append(el("span", "", "end of speech"), el("span", "", `${Math.round(total)} ms`));
+    box.append(axis);
+    box.hidden = false;
+  }
+
+  drawHistory(current) {
+    const known = this.turns.map((t) => t.voice_to_voice_ms).filter((ms) => ms != null);
+    const top = Math.max(1, ...known);
+    this.history.replaceChildren();
+    for (const trace of this.turns) {
+      const ms = trace.voice_to_voice_ms;
+      const item = el("li");
+      const button = el("button", "hist");
+      button.type = "button";
+      button.dataset.turnId = String(trace.turn_id);
+      button.dataset.v2v = ms == null ? "" : String(Math.round(ms));
+      button.title = `Turn ${trace.turn_id}: ${ms == null ? "no reply audio" : Math.round(ms) + " ms"} voice-to-voice`;
+      button.setAttribute("aria-pressed", String(trace === current));
+      const bar = el("span", "hist-bar");
+      bar.style.height = `${ms == null ? 0 : Math.max(5, (78 * ms) / top).toFixed(1)}%`;
+      button.append(bar, el("span", "hist-ms", ms == null ? "—" : String(Math.round(ms))));
+      button.addEventListener("click", () => {
+        this.showWaterfall(trace);
+        for (const other of this.history.querySelectorAll(".hist")) other.setAttribute("aria-pressed", String(other === button));
+      });
+      item.append(button);
+      this.history.append(item);
+    }
+    this.history.hidden = this.turns.length === 0;
   }
 
   scroll() {

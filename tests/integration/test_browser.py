@@ -138,6 +138,8 @@ def test_hands_free_turn_in_a_real_browser(
         )
         state = page.evaluate("window.voxloop")
         shown_v2v = page.get_attribute('.msg[data-role="assistant"] .trace', "data-v2v")
+        waterfall = page.eval_on_selector_all("#waterfall .wf-row", "rows => rows.map(row => row.dataset.step)")
+        strip = page.eval_on_selector_all("#history .hist", "items => items.map(item => item.dataset.v2v)")
         page.screenshot(path=str(tmp_path / "conversation.png"))
         print(f"screenshot: {tmp_path / 'conversation.png'}")
 
@@ -153,6 +155,8 @@ def test_hands_free_turn_in_a_real_browser(
     turn = state["turns"][0]
     assert 0 < turn["voice_to_voice_ms"] < 60_000, turn
     assert shown_v2v == str(round(turn["voice_to_voice_ms"])), (shown_v2v, turn)  # the readout shows this trace
+    assert {"endpoint_delay", "stt", "llm_first_token", "tts_first_audio", "send"} <= set(waterfall), waterfall
+    assert strip == [shown_v2v], strip  # one turn so far in the history strip, with its voice-to-voice
     assert not state["errors"], state["errors"]
     assert not errors, errors
     print(f"context rate {state['sampleRate']} Hz, mic {state['micRate']} Hz, heard {heard!r}, trace {turn}")

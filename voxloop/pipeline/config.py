@@ -124,8 +124,10 @@ class TtsSettings(Section):
 
 
 class TraceSettings(Section):
-    jsonl: Path | None = None
-    include_text: bool = False
+    jsonl: Path | None = Field(None, description="append one JSON line per turn to this file")
+    include_text: bool = Field(False, description="put the user's and assistant's words in trace lines")
+    prometheus: bool = Field(True, description="serve GET /metrics")
+    otel: bool | None = Field(None, description="OpenTelemetry spans; null: on when OTEL_EXPORTER_OTLP_ENDPOINT is set")
 
 
 class ServerSettings(Section):
