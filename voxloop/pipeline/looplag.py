@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import statistics
+from collections import deque
 from types import TracebackType
 
 from voxloop.pipeline.tasks import cancel_and_wait
 
 
 class LoopLagMonitor:
-    def __init__(self, interval_s: float = 0.005) -> None:
+    def __init__(self, interval_s: float = 0.005, *, window: int | None = None) -> None:
+        """`window`: keep only the latest this many samples (a long-running server); None keeps all."""
         self.interval_s = interval_s
-        self.lags_ms: list[float] = []
+        self.lags_ms: deque[float] = deque(maxlen=window)
         self._task: asyncio.Task[None] | None = None
 
     async def _watch(self) -> None:
@@ -51,3 +53,7 @@ class LoopLagMonitor:
         if len(self.lags_ms) < 2:
             return self.max_ms
         return statistics.quantiles(self.lags_ms, n=100, method="inclusive")[int(q) - 1]
+
+    def summary(self) -> dict[str, float]:
+        """p50, p99 and max lag in ms over the samples kept."""
+        return {"p50": self.percentile_ms(50), "p99": self.percentile_ms(99), "max": self.max_ms}

@@ -41,6 +41,7 @@ from voxloop.pipeline.trace import TurnTrace
 from voxloop.server import events as ev
 from voxloop.server.events import ProtocolError
 from voxloop.stages.vad import VadStage
+from voxloop.tracing import Tracer, TurnRecorder
 
 if TYPE_CHECKING:
     from voxloop.engine import Engines
@@ -87,7 +88,7 @@ class Reply:
 
 
 class RealtimeConnection:
-    def __init__(self, websocket: WebSocket, engines: Engines) -> None:
+    def __init__(self, websocket: WebSocket, engines: Engines, tracer: Tracer | None = None) -> None:
         self.ws = websocket
         self.engines = engines
         self.session = Session()
@@ -104,12 +105,15 @@ class RealtimeConnection:
         self.speech_start_ms = 0  # where the current utterance began in the input stream
         self.outbox: asyncio.Queue[dict[str, Any] | bytes | Close] = asyncio.Queue()
         self.session.on_state(lambda state: self.emit("voxloop.state", state=state.value))
+        self.recorder = TurnRecorder(tracer or Tracer(), self.session)
+        self.session.on_interrupt(self._interrupted)
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def run(self) -> None:
         await self.ws.accept()
         log.info("session opened", extra={"event": "session_open", "session": self.session.id})
+        self.recorder.opened()
         async with self.graph:
             self.emit("session.created", session=self.describe())
             self.emit("voxloop.state", state=self.session.state.value)
@@ -125,6 +129,7 @@ class RealtimeConnection:
                         raise task.exception()  # type: ignore[misc]
             finally:
                 await cancel_and_wait(*tasks)
+                self.recorder.closed()
                 log.info("session closed", extra={"event": "session_close", "session": self.session.id})
 
     def close(self, reason: str) -> None:
@@ -206,6 +211,7 @@ class RealtimeConnection:
         reply = self.reply or self.last_reply
         if reply is None or not reply.trace.mark("playback_start", self.session.now_ns()):
             return
+        self.recorder.playback_started(reply.trace)
         if reply is self.last_reply:  # its trace went out already: send the completed one
             self.emit("voxloop.trace", trace=reply.trace.to_dict())
 
@@ -348,7 +354,11 @@ class RealtimeConnection:
                 self.emit("output_audio_buffer.cleared", response_id=self.reply.response_id)
                 self._finish_reply("cancelled", " ".join(text for text, _ in self.reply.chunks))
         elif isinstance(frame, ErrorFrame):
+            self.recorder.error(frame.stage)
             self.outbox.put_nowait(ev.error_event("stage_error", f"{frame.stage}: {frame.message}"))
+
+    async def _interrupted(self, epoch: int, reason: str) -> None:
+        self.recorder.interrupted(reason)
 
     def _user_item_started(self) -> None:
         self.user_item = ev.new_id("item")
@@ -395,6 +405,7 @@ class RealtimeConnection:
         self.emit("response.done", response=ev.response_object(reply.response_id, status, [item]))
         if reply.trace.marks:
             self.emit("voxloop.trace", trace=reply.trace.to_dict())
+            self.recorder.reply_finished(reply.trace, text)
         self.last_reply, self.reply = reply, None
         if self.session.state is State.SPEAKING:
             self.session.state = State.LISTENING

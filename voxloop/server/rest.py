@@ -196,7 +196,15 @@ async def healthz(request: Request, response: Response) -> Health:
     if stages.wake.enabled and not stages.wake.ready:
         problems.append(f"wake: {stages.wake.reason}")
     status: Literal["ok", "degraded"] = "degraded" if problems else "ok"
-    return Health(status=status, stages=stages, problems=problems, sessions=sessions, version=__version__)
+    lag = getattr(request.app.state, "loop_lag", None)
+    return Health(
+        status=status,
+        stages=stages,
+        problems=problems,
+        sessions=sessions,
+        version=__version__,
+        loop_lag_ms=lag.summary() if lag is not None else None,
+    )
 
 
 # --- config ---------------------------------------------------------------------------------

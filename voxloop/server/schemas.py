@@ -67,6 +67,9 @@ class Health(BaseModel):
     problems: list[str] = Field(description="'stage: reason' for each stage that is not ready")
     sessions: int = Field(description="open realtime connections")
     version: str
+    loop_lag_ms: dict[str, float] | None = Field(
+        None, description="event-loop lag over the last minute: p50, p99, max (ms); null before the app starts"
+    )
 
 
 class PublicConfig(BaseModel):

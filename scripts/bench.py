@@ -1,0 +1,94 @@
+"""The concurrency benchmark: N simulated users talk to a real voxloop server over the realtime protocol.
+
+    scripts/bench [--users 1] [--duration 60] [--llm embedded,external] [--url http://HOST:PORT]
+                  [--conversation dev_conv01_turns] [--start 0] [--no-ladder] [--out out/bench.json]
+
+Each user streams a real conversation from ../shared/eval at real-time pace with its natural
+pauses, waiting (microphone open, on silence) for each reply to finish playing. Then one user
+streams the pause-ladder recording as recorded, to score false endpoints. Writes a JSON result
+and a PNG plot next to it. Every process it starts is stopped at the end, also on Ctrl-C.
+Figures, not pass/fail: on a shared machine compare runs taken together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from voxloop.bench.conversation import load_conversation
+from voxloop.bench.plot import plot
+from voxloop.bench.run import Plan, run_plan
+from voxloop.pipeline.errors import InputError
+
+ROOT = Path(__file__).resolve().parents[1]
+LADDER = "dev_conv02_pause_ladder"
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--users", type=int, default=1, help="simulated users at once (default 1)")
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of each recording to use (default 60)")
+    parser.add_argument("--start", type=float, default=0.0, help="where in the conversation to start (s)")
+    parser.add_argument("--conversation", default="dev_conv01_turns", help="a conv_id of conversations.tsv")
+    parser.add_argument("--llm", default="embedded,external", help="embedded, external or both (comma-separated)")
+    parser.add_argument("--url", help="benchmark this running server instead of starting one (no CPU/RSS figures)")
+    parser.add_argument("--no-ladder", action="store_true", help="skip the pause-ladder false-endpoint run")
+    parser.add_argument("--eval-dir", type=Path, default=ROOT.parent / "shared" / "eval")
+    parser.add_argument("--out", type=Path, default=ROOT / "out" / "bench.json")
+    args = parser.parse_args(argv)
+    llms = args.llm.split(",")
+    if args.users < 1 or args.duration <= 0 or not set(llms) <= {"embedded", "external"}:
+        parser.error("--users must be >= 1, --duration > 0, and --llm a list of embedded and external")
+    args.llms = ["as configured"] if args.url else llms
+    return args
+
+
+def bench(args: argparse.Namespace) -> dict[str, Any]:
+    conversation = load_conversation(args.eval_dir, args.conversation).excerpt(args.start, args.duration)
+    ladder = load_conversation(args.eval_dir, LADDER).excerpt(0.0, args.duration)
+    logs = args.out.parent / "bench_logs"
+    runs, ladders = [], []
+    for llm in args.llms:
+        runs.append(run_plan(Plan(args.users, llm, conversation, True, args.url, logs / llm)))
+        if not args.no_ladder:
+            ladders.append(run_plan(Plan(1, llm, ladder, False, args.url, logs / f"{llm}-ladder")))
+    return {"runs": runs, "pause_ladder": ladders}
+
+
+def report(result: dict[str, Any]) -> str:
+    lines = []
+    for run in result["runs"]:
+        o = run["overall"]
+        v2v = o["voice_to_voice_ms"]
+        lines.append(
+            f"{run['llm']:>9} x{run['users']}: {o['turns']} turns, voice-to-voice p50 {v2v['p50']} p95 {v2v['p95']} "
+            f"max {v2v['max']} ms, overhead p50 {o['overhead_per_turn_ms']['p50']} ms, WER {o['wer']}, "
+            f"underruns {o['reply_underruns']}, loop lag {run['resources']['loop_lag_ms']}"
+        )
+    for run in result["pause_ladder"]:
+        ep = run["per_user"][0]["endpoints"]
+        if ep:
+            lines.append(f"{run['llm']:>9} pause ladder: false endpoints {ep['false_endpoints']}/{ep['short_pauses']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    try:
+        result = bench(args)
+    except (InputError, RuntimeError) as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    plot(result["runs"], args.out.with_suffix(".png"))
+    print(report(result))
+    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

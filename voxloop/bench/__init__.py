@@ -1,0 +1,1 @@
+"""The concurrency benchmark's reusable parts: conversations, simulated users, processes, stats."""

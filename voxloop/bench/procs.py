@@ -1,0 +1,89 @@
+"""Subprocesses the benchmark starts (voxloop serve, a llama.cpp server), always stopped again."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+STARTUP_TIMEOUT_S = 180
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Managed:
+    """A subprocess in its own process group, logged to a file; `stop()` ends the whole group."""
+
+    def __init__(self, name: str, cmd: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.log_path = log_path
+        self._log = log_path.open("w")
+        self.proc = subprocess.Popen(
+            cmd, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def wait_http(self, url: str) -> None:
+        """Wait until `url` answers below 500; a process that exits first raises with its log."""
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} exited early (see {self.log_path}):\n{self.log_path.read_text()[-3000:]}"
+                )
+            try:
+                if httpx.get(url, timeout=1).status_code < 500:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"{self.name} was not ready within {STARTUP_TIMEOUT_S} s (see {self.log_path})")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self._log.close()
+
+
+def start_voxloop(log_dir: Path, env: dict[str, str]) -> tuple[Managed, str]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "voxloop", "--log-level", "INFO", "serve", "--port", str(port)]
+    server = Managed("voxloop serve", cmd, log_dir / "server.log", env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        server.wait_http(f"{url}/healthz")
+    except BaseException:
+        server.stop()
+        raise
+    return server, url
+
+
+def start_llama(log_dir: Path, model: Path) -> tuple[Managed, str]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1", "--port", str(port)]
+    server = Managed("llama_cpp.server", cmd, log_dir / "llama.log")
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        server.wait_http(f"{url}/models")
+    except BaseException:
+        server.stop()
+        raise
+    return server, url

@@ -1,0 +1,153 @@
+"""One benchmark run: start (or target) a server, run N simulated users at once, gather figures."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from voxloop.bench.conversation import Conversation
+from voxloop.bench.procs import Managed, start_llama, start_voxloop
+from voxloop.bench.stats import OVERHEAD_METHOD, aggregate, summary, user_figures
+from voxloop.bench.user import SimulatedUser
+from voxloop.client import RealtimeClient
+from voxloop.pipeline.assets import AssetStore
+from voxloop.pipeline.tasks import cancel_and_wait
+
+SAMPLE_S = 0.5
+SESSION = {
+    "audio": {
+        "input": {"format": {"type": "audio/pcm", "rate": 16000}},
+        "output": {"format": {"type": "audio/pcm", "rate": 16000}},
+    }
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    users: int
+    llm: str  # "embedded" or "external"
+    conversation: Conversation
+    polite: bool
+    url: str | None  # target this server instead of starting one
+    log_dir: Path
+
+
+@contextlib.contextmanager
+def servers(plan: Plan) -> Iterator[tuple[str, list[Managed]]]:
+    """The server URL and the processes started for it; every one is stopped on the way out."""
+    started: list[Managed] = []
+    try:
+        if plan.url is not None:
+            yield plan.url, started
+            return
+        env: dict[str, str] = {}
+        if plan.llm == "external":
+            gguf = next(AssetStore().path("smollm2-135m").glob("*.gguf"))
+            llama, base_url = start_llama(plan.log_dir, gguf)
+            started.append(llama)
+            env = {"VOXLOOP_LLM__BACKEND": "openai", "VOXLOOP_LLM__BASE_URL": base_url, "VOXLOOP_LLM__MODEL": gguf.stem}
+        server, url = start_voxloop(plan.log_dir, env)
+        started.append(server)
+        yield url, started
+    finally:
+        for process in reversed(started):
+            process.stop()
+
+
+class Sampler:
+    """CPU and RSS of the started processes, and the server's event-loop lag from /healthz."""
+
+    def __init__(self, url: str, processes: list[Managed]) -> None:
+        self.url = url
+        self.procs = {p.name: psutil.Process(p.pid) for p in processes}
+        self.cpu: dict[str, list[float]] = {name: [] for name in self.procs}
+        self.rss: dict[str, list[float]] = {name: [] for name in self.procs}
+        self.cpu_s0 = {name: self._cpu_s(p) for name, p in self.procs.items()}
+        self.lag: list[dict[str, float]] = []
+
+    @staticmethod
+    def _tree(proc: psutil.Process) -> list[psutil.Process]:
+        return [proc, *proc.children(recursive=True)]
+
+    def _cpu_s(self, proc: psutil.Process) -> float:
+        return float(sum(p.cpu_times().user + p.cpu_times().system for p in self._tree(proc)))
+
+    async def watch(self) -> None:
+        for proc in self.procs.values():
+            proc.cpu_percent()
+        async with httpx.AsyncClient(timeout=5) as http:
+            while True:
+                await asyncio.sleep(SAMPLE_S)
+                for name, proc in self.procs.items():
+                    self.cpu[name].append(proc.cpu_percent())
+                    self.rss[name].append(sum(p.memory_info().rss for p in self._tree(proc)) / 2**20)
+                health = (await http.get(f"{self.url}/healthz")).json()
+                if health.get("loop_lag_ms"):
+                    self.lag.append(health["loop_lag_ms"])
+
+    def figures(self, frames: int) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, proc in self.procs.items():
+            cpu_s = self._cpu_s(proc) - self.cpu_s0[name]
+            out[name] = {
+                "cpu_percent": summary(self.cpu[name]),
+                "cpu_s": round(cpu_s, 2),
+                "rss_mib": summary(self.rss[name]),
+            }
+        serve = out.get("voxloop serve")
+        if serve is not None and frames:
+            serve["cpu_ms_per_input_frame"] = round(serve["cpu_s"] * 1000 / frames, 3)
+        lag = {
+            "p50": summary([x["p50"] for x in self.lag])["p50"],
+            "p99": max((x["p99"] for x in self.lag), default=None),
+            "max": max((x["max"] for x in self.lag), default=None),
+        }
+        return {"processes": out, "loop_lag_ms": lag if self.lag else None}
+
+
+async def _one_user(ws_url: str, plan: Plan) -> dict[str, Any]:
+    async with await RealtimeClient.connect(ws_url) as client:
+        await client.update_session(SESSION)
+        run = await SimulatedUser(client, plan.conversation, polite=plan.polite).talk()
+        return user_figures(run, plan.conversation)
+
+
+async def _users(url: str, started: list[Managed], plan: Plan) -> dict[str, Any]:
+    ws_url = url.replace("http", "ws", 1) + "/v1/realtime"
+    sampler = Sampler(url, started)
+    watcher = asyncio.create_task(sampler.watch(), name="bench-sampler")
+    begun = time.monotonic()
+    try:
+        users = await asyncio.gather(*(_one_user(ws_url, plan) for _ in range(plan.users)))
+    finally:
+        await cancel_and_wait(watcher)
+    overall = aggregate(users)
+    return {
+        "wall_s": round(time.monotonic() - begun, 1),
+        "overall": overall,
+        "resources": sampler.figures(overall["frames_sent"]),
+        "per_user": users,
+    }
+
+
+def run_plan(plan: Plan) -> dict[str, Any]:
+    plan.log_dir.mkdir(parents=True, exist_ok=True)
+    with servers(plan) as (url, started):
+        result = asyncio.run(_users(url, started, plan))
+    return {
+        "llm": plan.llm if plan.url is None else "as configured at the target URL",
+        "users": plan.users,
+        "conversation": plan.conversation.conv_id,
+        "audio_s": round(len(plan.conversation.pcm) / 16000, 2),
+        "polite": plan.polite,
+        "overhead_method": OVERHEAD_METHOD,
+        **result,
+    }

@@ -1,0 +1,117 @@
+"""Turning what simulated users received into figures: per-turn latency, underruns, WER, summaries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jiwer
+import numpy as np
+
+from voxloop.bench.conversation import Conversation, normalise, score_endpoints
+from voxloop.bench.user import UserRun, playback, reply_chunks
+
+MODEL_SPANS = ("stt", "llm_first_token", "first_chunk", "tts_first_audio")
+OVERHEAD_METHOD = (
+    "per turn: server voice-to-voice minus the endpointing wait (endpoint_delay) minus the model spans "
+    "(stt, llm_first_token, first_chunk, tts_first_audio); what is left is the send step plus any time no "
+    "stage mark accounts for. Queue hops inside a model span count as model time, so this is a lower bound. "
+    "Per frame: server CPU time over the run divided by the 20 ms input frames all users sent (an upper "
+    "bound: it includes VAD inference and every model's compute)."
+)
+
+
+def summary(values: list[float]) -> dict[str, float | int | None]:
+    if not values:
+        return {"n": 0, "p50": None, "p95": None, "max": None}
+    arr = np.asarray(values, dtype=float)
+    return {
+        "n": len(values),
+        "p50": round(float(np.percentile(arr, 50)), 1),
+        "p95": round(float(np.percentile(arr, 95)), 1),
+        "max": round(float(arr.max()), 1),
+    }
+
+
+def turns(run: UserRun) -> list[dict[str, Any]]:
+    """One record per completed reply: client and server voice-to-voice, spans, underruns."""
+    received = run.client.received
+    out = []
+    for item in received:
+        event = item.event
+        if event.get("type") != "response.done" or event["response"]["status"] != "completed":
+            continue
+        rid = event["response"]["id"]
+        created = next(r.at for r in received if r.event.get("type") == "response.created" and _rid(r.event) == rid)
+        chunks = reply_chunks(received, rid)
+        ends = [run.wall_of(voiced_end) for _, voiced_end, _ in run.speech if run.wall_of(voiced_end) < created]
+        trace: dict[str, Any] = next(
+            (r.event["trace"] for r in received[item.index :] if r.event.get("type") == "voxloop.trace"), {}
+        )
+        _, underruns, gap_ms = playback(chunks)
+        spans = trace.get("spans_ms", {})
+        v2v = trace.get("voice_to_voice_ms")
+        overhead = None
+        if v2v is not None and all(k in spans for k in ("endpoint_delay", *MODEL_SPANS)):
+            overhead = v2v - spans["endpoint_delay"] - sum(spans[k] for k in MODEL_SPANS)
+        out.append(
+            {
+                "response_id": rid,
+                "client_v2v_ms": (chunks[0][0] - max(ends)) * 1000 if chunks and ends else None,
+                "server_v2v_ms": v2v,
+                "spans_ms": spans,
+                "overhead_ms": overhead,
+                "reply_audio_s": sum(n for _, n in chunks) / 16000,
+                "underruns": underruns,
+                "underrun_ms": gap_ms,
+            }
+        )
+    return out
+
+
+def _rid(event: dict[str, Any]) -> str:
+    return str(event["response"]["id"])
+
+
+def user_figures(run: UserRun, conversation: Conversation) -> dict[str, Any]:
+    received = run.client.events
+    heard = " ".join(
+        e["transcript"] for e in received if e.get("type") == "conversation.item.input_audio_transcription.completed"
+    )
+    reference = normalise(conversation.reference)
+    endpoints = [e["audio_end_ms"] / 1000 for e in received if e.get("type") == "input_audio_buffer.speech_stopped"]
+    return {
+        "turns": turns(run),
+        "wer": jiwer.wer(reference, normalise(heard) or "<nothing>") if reference else None,
+        "cancelled_replies": sum(
+            1 for e in received if e.get("type") == "response.done" and e["response"]["status"] == "cancelled"
+        ),
+        "errors": [e["error"] for e in received if e.get("type") == "error"],
+        "frames_sent": len(run.sent_at),
+        "client_late_frames": run.late_frames,
+        "endpoints": score_endpoints(run.speech, endpoints) if len(run.speech) > 1 else None,
+    }
+
+
+def aggregate(users: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-stage and overall summaries over every user's turns."""
+    all_turns = [t for u in users for t in u["turns"]]
+    span_names = sorted({k for t in all_turns for k in t["spans_ms"]})
+    wers = [u["wer"] for u in users if u["wer"] is not None]
+    return {
+        "turns": len(all_turns),
+        "voice_to_voice_ms": summary([t["client_v2v_ms"] for t in all_turns if t["client_v2v_ms"] is not None]),
+        "server_voice_to_voice_ms": summary([t["server_v2v_ms"] for t in all_turns if t["server_v2v_ms"] is not None]),
+        "stages_ms": {
+            name: summary([t["spans_ms"][name] for t in all_turns if name in t["spans_ms"]]) for name in span_names
+        },
+        "overhead_per_turn_ms": summary([t["overhead_ms"] for t in all_turns if t["overhead_ms"] is not None]),
+        "wer": round(float(np.mean(wers)), 4) if wers else None,
+        "reply_underruns": sum(t["underruns"] for t in all_turns),
+        "reply_underrun_ms": round(sum(t["underrun_ms"] for t in all_turns), 1),
+        "reply_audio_s": round(sum(t["reply_audio_s"] for t in all_turns), 2),
+        "cancelled_replies": sum(u["cancelled_replies"] for u in users),
+        "errors": sum(len(u["errors"]) for u in users),
+        "frames_sent": sum(u["frames_sent"] for u in users),
+        "client_late_frames": sum(u["client_late_frames"] for u in users),
+        "input_frames_dropped": None,  # the server does not expose it yet
+    }
