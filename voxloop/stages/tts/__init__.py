@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
-from typing import Protocol, cast
+from collections.abc import AsyncIterator, Iterator
+from typing import Protocol
 
 import numpy as np
 
@@ -114,11 +114,7 @@ class TtsStage(StageBase):
             return
         audio = ChunkAudio(self.engine.sample_rate, self.output_sample_rate, self.frame_samples)
         first = True
-        # ModelWorker.stream is an async generator, though typed as a plain AsyncIterator.
-        blocks = cast(
-            AsyncGenerator[PCM16, None],
-            self.engine.worker.stream(functools.partial(self.engine.synthesize, frame.text)),
-        )
+        blocks = self.engine.worker.stream(functools.partial(self.engine.synthesize, frame.text))
         # aclosing: when this generator is closed or cancelled, the synthesis stops now.
         async with contextlib.aclosing(blocks):
             async for block in blocks:
