@@ -14,6 +14,7 @@ const STATE_LABELS = {
 
 const SPAN_LABELS = {
   endpoint_delay: "end of turn",
+  early_stt: "early STT (speculative)",
   stt: "speech-to-text",
   llm_first_token: "LLM first token",
   first_chunk: "first clause",
@@ -25,6 +26,7 @@ const SPAN_LABELS = {
 // Each step of a turn and the two marks that bound it (voxloop/pipeline/trace.py SPANS).
 const STEPS = [
   ["endpoint_delay", "speech_end", "endpoint"],
+  ["early_stt", "speech_pause", "stt_speculative"], // off the main line: overlaps the end-of-turn wait
   ["stt", "endpoint", "stt_final"],
   ["llm_first_token", "stt_final", "llm_first_token"],
   ["first_chunk", "llm_first_token", "first_chunk"],

@@ -156,6 +156,8 @@ def test_hands_free_turn_in_a_real_browser(
     assert 0 < turn["voice_to_voice_ms"] < 60_000, turn
     assert shown_v2v == str(round(turn["voice_to_voice_ms"])), (shown_v2v, turn)  # the readout shows this trace
     assert {"endpoint_delay", "stt", "llm_first_token", "tts_first_audio", "send"} <= set(waterfall), waterfall
+    if "stt_speculative" in turn["marks_ms"]:  # the early transcription is drawn beside the end-of-turn wait
+        assert "early_stt" in waterfall, waterfall
     assert strip == [shown_v2v], strip  # one turn so far in the history strip, with its voice-to-voice
     assert not state["errors"], state["errors"]
     assert not errors, errors

@@ -207,20 +207,23 @@ async def test_a_speculative_end_is_transcribed_once_and_reused_by_the_final_end
         await graph.push(session.make(SpeechEnded, audio=speech, speech_end_ns=42, final=False))
         session.user_stopped_speaking(42)
         await graph.push(session.make(SpeechEnded, audio=np.concatenate([speech, tail]), speech_end_ns=42))
-        ended = await asyncio.wait_for(graph.output.get(), timeout=60)
-        transcript = await asyncio.wait_for(graph.output.get(), timeout=60)
-        assert isinstance(ended, SpeechEnded) and ended.final  # the speculative end is not passed on
-        assert isinstance(transcript, Transcript)
+        partial, ended, transcript = [await asyncio.wait_for(graph.output.get(), timeout=60) for _ in range(3)]
+        # the early words go out as a partial transcript; the speculative end itself is not passed on
+        assert isinstance(partial, Transcript) and not partial.final
+        assert isinstance(ended, SpeechEnded) and ended.final
+        assert isinstance(transcript, Transcript) and transcript.final and transcript.text == partial.text
         assert "forward" in words_for_wer(transcript.text)
         assert calls == [len(speech)]  # transcribed once, during the hangover
         assert session.trace.notes["stt_speculative"] == "hit"
+        # "Go forward ten meters." reads as a finished sentence: the VAD may end the turn early
+        assert session.finished_sentence_ns == 42
 
         # Speech came back after the pause: the final end has another speech end, so it is transcribed anew.
         await session.user_started_speaking()
         await graph.push(session.make(SpeechEnded, audio=speech, speech_end_ns=7, final=False))
         session.user_stopped_speaking(9)
         await graph.push(session.make(SpeechEnded, audio=np.concatenate([speech, speech]), speech_end_ns=9))
-        for _ in range(2):
+        for _ in range(3):
             await asyncio.wait_for(graph.output.get(), timeout=60)
     assert calls[1:] == [len(speech), 2 * len(speech)]
     assert session.trace.notes["stt_speculative"] == "miss"

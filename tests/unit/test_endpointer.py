@@ -190,3 +190,24 @@ def test_a_pause_is_announced_once_before_the_end_with_the_same_speech_end() -> 
 def test_speculation_off_announces_no_pause() -> None:
     events = run([0.9] * 4 + [0.1] * 6, Endpointer(settings(speculate_ms=0)))
     assert [type(event).__name__ for _, event in events] == ["SpeechStart", "SpeechEnd"]
+
+
+def test_a_finished_sentence_ends_the_turn_after_the_eager_hangover() -> None:
+    endpointer = Endpointer(settings(speculate_ms=64, eager_hangover_ms=96))
+    head = run([0.9] * 4 + [0.1] * 2, endpointer)  # speech, then the pause is announced
+    assert [type(event).__name__ for _, event in head] == ["SpeechStart", "SpeechPause"]
+    endpointer.sentence_finished(4 * WINDOW)  # the STT read the words up to the pause
+    (ended_at, end), *_ = run([0.1] * 5, endpointer)
+    assert isinstance(end, SpeechEnd) and end.eager and not end.forced
+    assert end.speech_end == 4 * WINDOW
+    assert ended_at == 6  # 3 silent windows = 96 ms, not the 5 of the whole hangover
+
+
+def test_the_eager_hint_is_void_once_the_speaker_goes_on() -> None:
+    endpointer = Endpointer(settings(speculate_ms=64, eager_hangover_ms=96))
+    run([0.9] * 4 + [0.1] * 2, endpointer)
+    endpointer.sentence_finished(4 * WINDOW)
+    events = run([0.9] * 2 + [0.1] * 5, endpointer)  # more words: the hint was for an older end
+    (ended_at, end), *_ = [(index, event) for index, event in events if isinstance(event, SpeechEnd)]
+    assert isinstance(end, SpeechEnd) and not end.eager
+    assert end.speech_end == 8 * WINDOW and ended_at == 12  # the whole 160 ms hangover

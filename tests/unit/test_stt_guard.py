@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from voxloop.pipeline.config import SttSettings
-from voxloop.stages.stt import HallucinationGuard, Segment, normalise
+from voxloop.stages.stt import HallucinationGuard, Segment, normalise, reads_finished
 
 
 @pytest.fixture
@@ -134,3 +134,21 @@ def test_short_audio_threshold(guard: HallucinationGuard) -> None:
 
 def test_normalise() -> None:
     assert normalise("  Thank-you, Amara.org!  It's ♪ OK ") == "thank you amara org its ok"
+
+
+@pytest.mark.parametrize(
+    ("text", "finished"),
+    [
+        ("What time is it?", True),
+        ("Turn on the lights.", True),
+        ("Yes!", True),
+        ("I was thinking that", False),  # no full stop: Whisper heard no end
+        ("I went to the shop and.", False),  # a sentence does not end on "and"
+        ("Take me to the.", False),
+        ("Well...", False),  # a trailing ellipsis is a voice trailing off
+        ("Hmm, so um.", False),
+        ("", False),
+    ],
+)
+def test_reads_finished_only_for_closed_sentences(text: str, finished: bool) -> None:
+    assert reads_finished(text) is finished

@@ -16,7 +16,7 @@ from voxloop.pipeline.clock import ManualClock
 from voxloop.pipeline.config import Settings
 from voxloop.pipeline.errors import ConfigError
 from voxloop.pipeline.session import Session
-from voxloop.pipeline.trace import MARKS, TurnTrace
+from voxloop.pipeline.trace import TURN_MARKS, TurnTrace
 from voxloop.tracing import Tracer, TurnRecorder, TurnText, build_sinks
 from voxloop.tracing.jsonl import JsonlSink
 from voxloop.tracing.otel import OtelSink
@@ -30,7 +30,7 @@ OFFSETS = (0, 500, 700, 850, 950, 1030, 1050, 1120)
 
 def make_trace(session: Session, turn_id: int, *, scale: float = 1.0, start_ms: int = 10_000) -> TurnTrace:
     trace = TurnTrace(session.id, turn_id)
-    for name, offset in zip(MARKS, OFFSETS, strict=True):
+    for name, offset in zip(TURN_MARKS, OFFSETS, strict=True):
         trace.mark(name, (start_ms + round(offset * scale)) * MS)
     return trace
 

@@ -63,6 +63,9 @@ def turns(run: UserRun) -> list[dict[str, Any]]:
                 "reply_audio_s": sum(n for _, n in chunks) / 16000,
                 "underruns": underruns,
                 "underrun_ms": gap_ms,
+                "endpoint": trace.get("notes", {}).get("endpoint"),
+                "late_input_frames": trace.get("notes", {}).get("late_input_frames", 0),
+                "input_backlog_ms_max": trace.get("notes", {}).get("input_backlog_ms_max"),
             }
         )
     return out
@@ -113,5 +116,10 @@ def aggregate(users: list[dict[str, Any]]) -> dict[str, Any]:
         "errors": sum(len(u["errors"]) for u in users),
         "frames_sent": sum(u["frames_sent"] for u in users),
         "client_late_frames": sum(u["client_late_frames"] for u in users),
-        "input_frames_dropped": None,  # the server does not expose it yet
+        # The server never drops input (a full lane holds the socket reader back); it counts frames
+        # that reached the VAD over 100 ms after arriving, which is how falling behind shows.
+        "input_frames_dropped": 0,
+        "server_late_input_frames": sum(t["late_input_frames"] for t in all_turns),
+        "input_backlog_ms": summary([t["input_backlog_ms_max"] for t in all_turns if t["input_backlog_ms_max"]]),
+        "eager_endpoints": sum(1 for t in all_turns if t["endpoint"] == "eager"),
     }

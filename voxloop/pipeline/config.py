@@ -59,6 +59,11 @@ class VadSettings(Section):
     min_speech_ms: int = Field(250, ge=0)
     hangover_ms: int = Field(500, ge=32)
     speculate_ms: int = Field(150, ge=0, description="silence after which STT starts early; 0: off")
+    eager_hangover_ms: int = Field(
+        250,
+        ge=0,
+        description="silence that ends the turn when the early transcript reads as a finished sentence; 0: off",
+    )
     preroll_ms: int = Field(300, ge=0)
     max_utterance_s: float = Field(30.0, gt=1.0)
 

@@ -85,6 +85,7 @@ class SpeechEnded(Frame):
 
     audio: PCM16 = field(default_factory=_no_audio)
     speech_end_ns: int = 0
+    speech_end_s: float = 0.0  # the last voiced sample's place in the VAD's input stream
     final: bool = True
 
 

@@ -55,6 +55,9 @@ class Session:
         self.finished_traces: list[TurnTrace] = []
         self.interrupts = 0
         self.user_speaking = False  # between the VAD's speech start and its endpoint
+        # The speech_end_ns of the pause whose early transcript reads as a finished sentence: the
+        # STT sets it, the VAD then ends the turn after the shorter, eager hangover.
+        self.finished_sentence_ns: int | None = None
         self._interrupt_handlers: list[InterruptHandler] = []
         self._emitted: list[str] = []  # chunks of the current reply that reached the output
         self._emitted_chunk = -1
@@ -86,8 +89,8 @@ class Session:
         """A new frame of this session's current turn and epoch, stamped now."""
         return frame_type(session_id=self.id, turn_id=self.turn_id, epoch=self.epoch, t_ns=self.now_ns(), **fields)
 
-    def mark(self, name: str, t_ns: int | None = None) -> None:
-        self.trace.mark(name, self.now_ns() if t_ns is None else t_ns)
+    def mark(self, name: str, t_ns: int | None = None, *, replace: bool = False) -> None:
+        self.trace.mark(name, self.now_ns() if t_ns is None else t_ns, replace=replace)
 
     # -- turn-taking -----------------------------------------------------------------------
 

@@ -11,6 +11,11 @@ A turn is timed by monotonic marks, each set once (the first time it happens):
     first_audio_sent  that audio left the server (or reached the output sink)
     playback_start    the client started playing it (reported by the client)
 
+and, when there was speculative work, two marks off the main line (the last pause wins):
+
+    speech_pause      the VAD announced a pause (`vad.speculate_ms` of silence): STT starts early
+    stt_speculative   the early transcript of that pause was ready
+
 Voice-to-voice latency is speech_end → first_audio_sent. Each stage's share is the gap
 between its mark and the one before it.
 """
@@ -20,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-MARKS: tuple[str, ...] = (
+TURN_MARKS: tuple[str, ...] = (
     "speech_end",
     "endpoint",
     "stt_final",
@@ -30,6 +35,8 @@ MARKS: tuple[str, ...] = (
     "first_audio_sent",
     "playback_start",
 )
+SPECULATIVE_MARKS: tuple[str, ...] = ("speech_pause", "stt_speculative")
+MARKS = TURN_MARKS + SPECULATIVE_MARKS
 
 # The share of the voice-to-voice time each step takes: (label, from mark, to mark).
 SPANS: tuple[tuple[str, str, str], ...] = (
@@ -50,11 +57,11 @@ class TurnTrace:
     marks: dict[str, int] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
 
-    def mark(self, name: str, t_ns: int) -> bool:
-        """Set a mark once; later calls for the same mark are ignored. Returns True if set."""
+    def mark(self, name: str, t_ns: int, *, replace: bool = False) -> bool:
+        """Set a mark once (later calls are ignored, unless `replace`). Returns True if set."""
         if name not in MARKS:
             raise ValueError(f"unknown trace mark {name!r}; known marks: {', '.join(MARKS)}")
-        if name in self.marks:
+        if name in self.marks and not replace:
             return False
         self.marks[name] = t_ns
         return True

@@ -327,16 +327,13 @@ class RealtimeConnection:
             self.speech_start_ms = round(frame.audio_offset_s * 1000)
             self.emit("input_audio_buffer.speech_started", audio_start_ms=self.speech_start_ms, item_id=self.user_item)
         elif isinstance(frame, SpeechEnded):
-            if self.server_vad:
-                # On the input stream's timeline, like audio_start_ms: the utterance (pre-roll .. decision)
-                # less the silence hangover.
-                vad = self.engines.settings.vad
-                heard_ms = len(frame.audio) / INNER_RATE * 1000 - vad.hangover_ms
-                end_ms = round(max(0, self.speech_start_ms - vad.preroll_ms) + heard_ms)
-                end_ms = max(end_ms, self.speech_start_ms)
+            if self.server_vad:  # on the input stream's timeline, like audio_start_ms
+                end_ms = max(round(frame.speech_end_s * 1000), self.speech_start_ms)
                 self.emit("input_audio_buffer.speech_stopped", audio_end_ms=end_ms, item_id=self.user_item)
             self.emit("input_audio_buffer.committed", item_id=self.user_item, previous_item_id=None)
-        elif isinstance(frame, Transcript) and frame.final:
+        elif isinstance(frame, Transcript) and not frame.final:
+            self.emit("voxloop.input_audio_transcription.partial", item_id=self.user_item, transcript=frame.text)
+        elif isinstance(frame, Transcript):
             self.emit(
                 "conversation.item.input_audio_transcription.completed",
                 item_id=self.user_item,

@@ -50,6 +50,53 @@ WHISPER_TAGS = ("music", "applause", "laughter", "silence", "blank audio", "inau
 _FILLER = re.compile(r"(h*m+|u+[hm]+|e+r+m*|a+h+)")  # hmm, mmm, uh, um, erm, ah
 _ANNOTATION = re.compile(r"\[[^\]]*\]|\([^)]*\)|♪+")
 _NOT_WORD = re.compile(r"[^\w\s']|_")
+# Words a spoken sentence does not end on: a pause after them is the speaker thinking, not done.
+_GOES_ON = frozenset(
+    {
+        "and",
+        "but",
+        "or",
+        "so",
+        "because",
+        "if",
+        "then",
+        "than",
+        "that",
+        "which",
+        "who",
+        "whose",
+        "where",
+        "when",
+        "while",
+        "the",
+        "a",
+        "an",
+        "to",
+        "of",
+        "in",
+        "on",
+        "at",
+        "by",
+        "for",
+        "with",
+        "from",
+        "into",
+        "about",
+        "as",
+        "my",
+        "your",
+        "our",
+        "their",
+        "his",
+        "her",
+        "its",
+        "um",
+        "uh",
+        "er",
+        "erm",
+        "like",
+    }
+)
 
 
 # --- the guard (pure) -----------------------------------------------------------------------
@@ -151,6 +198,16 @@ class HallucinationGuard:
         if all(_FILLER.fullmatch(word) for word in words.split()):
             return "filler"
         return None
+
+
+def reads_finished(text: str) -> bool:
+    """Whether a transcript reads as a finished sentence: Whisper closed it with . ! or ?
+    (not a trailing "..."), and its last word is not one a sentence goes on after."""
+    text = text.rstrip()
+    if not text.endswith((".", "!", "?")) or text.endswith(("..", "…")):
+        return False
+    words = normalise(text).split()
+    return bool(words) and words[-1] not in _GOES_ON
 
 
 # --- the engine (shared, blocking) ----------------------------------------------------------
@@ -276,12 +333,22 @@ class SttStage(StageBase):
         self._carried: PCM16 | None = None  # an utterance whose transcription a barge-in cut off
         self._speculation: tuple[int, int, SttResult] | None = None  # (turn, speech_end_ns, result)
 
-    async def _speculate(self, pause: SpeechEnded) -> None:
-        """Transcribe during the hangover; the final end reuses it if no speech came since."""
+    async def _speculate(self, pause: SpeechEnded) -> Transcript | None:
+        """Transcribe during the hangover; the final end reuses it if no speech came since.
+
+        A finished-sounding sentence tells the VAD it may end the turn early (the eager
+        hangover); accepted words go out as a partial transcript."""
         self._speculation = None
-        if self._carried is None:
-            result = await self.engine.atranscribe(pause.audio)
-            self._speculation = (pause.turn_id, pause.speech_end_ns, result)
+        if self._carried is not None:
+            return None
+        result = await self.engine.atranscribe(pause.audio)
+        self._speculation = (pause.turn_id, pause.speech_end_ns, result)
+        self.session.mark("stt_speculative", replace=True)
+        if not result.accepted:
+            return None
+        if reads_finished(result.text):
+            self.session.finished_sentence_ns = pause.speech_end_ns
+        return self.session.make(Transcript, text=result.text, final=False, language=result.language)
 
     def _speculation_for(self, end: SpeechEnded) -> SttResult | None:
         speculation, self._speculation = self._speculation, None
@@ -307,7 +374,9 @@ class SttStage(StageBase):
         if not isinstance(frame, SpeechEnded):
             return
         if not frame.final:
-            await self._speculate(frame)
+            partial = await self._speculate(frame)
+            if partial is not None:
+                yield partial
             return
         yield frame  # the transport reports the end of speech now, not after transcription
         started = time.perf_counter()

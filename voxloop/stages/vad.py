@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 SAMPLE_RATE = 16000
 WINDOW = 512  # Silero's window at 16 kHz (32 ms)
 CONTEXT = 64  # samples of the previous window that Silero 5+/6 expects before each window
+# An input frame that reaches the VAD this long after it arrived is late: the pipeline is not
+# keeping up with real time (a starved CPU, a blocked loop), and endpoints come late with it.
+LATE_INPUT_NS = 100_000_000
 VAD_ASSET = "silero-vad"
 VAD_FILE = "silero_vad.onnx"
 
@@ -145,6 +148,7 @@ class SpeechEnd:
     speech_start: int
     speech_end: int  # end of the last voiced window
     forced: bool = False  # cut by max_utterance_s or by the end of the input
+    eager: bool = False  # ended by the shorter hangover: the words read as a finished sentence
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +220,7 @@ class Endpointer:
         self._last_voiced_end = 0
         self._floor = 0  # end of the previous utterance: pre-roll never reaches back past it
         self._paused_at = -1  # the speech end a SpeechPause was already sent for
+        self._finished_at = -1  # the speech end whose words read as a finished sentence
 
     def retune(self, settings: VadSettings) -> None:
         """New thresholds and durations, from the next window on; the audio and state are kept."""
@@ -224,6 +229,8 @@ class Endpointer:
         self._end_threshold = settings.end_threshold
         self._min_speech = _samples(settings.min_speech_ms / 1000, rate)
         self._hangover = _samples(settings.hangover_ms / 1000, rate)
+        eager = settings.eager_hangover_ms or settings.hangover_ms
+        self._eager_hangover = _samples(min(eager, settings.hangover_ms) / 1000, rate)
         self._speculate = _samples(settings.speculate_ms / 1000, rate) if settings.speculate_ms else 0
         self._preroll = _samples(settings.preroll_ms / 1000, rate)
         self._max_utterance = _samples(settings.max_utterance_s, rate)
@@ -239,6 +246,11 @@ class Endpointer:
 
     def append_audio(self, pcm16: PCM16) -> None:
         self._tape.append(pcm16)
+
+    def sentence_finished(self, speech_end: int) -> None:
+        """The words up to `speech_end` read as a finished sentence: if the silence after them
+        goes on, end the turn after `eager_hangover_ms` instead of the whole hangover."""
+        self._finished_at = speech_end
 
     def update(self, prob: float, window_end: int) -> list[VadEvent]:
         """Apply the probability of the window that ends at sample `window_end`."""
@@ -256,7 +268,7 @@ class Endpointer:
         elif prob >= self._end_threshold:
             self._voiced += window_end - begin
             self._last_voiced_end = window_end
-        elif window_end - self._last_voiced_end >= self._hangover:
+        elif window_end - self._last_voiced_end >= self._hangover_now():
             if self._phase is _Phase.SPEECH:
                 events.append(self._end(window_end, self._last_voiced_end, forced=False))
             self._phase = _Phase.IDLE
@@ -272,6 +284,10 @@ class Endpointer:
             self._phase = _Phase.IDLE
         self._trim()
         return events
+
+    def _hangover_now(self) -> int:
+        finished = self._finished_at == self._last_voiced_end and self._phase is _Phase.SPEECH
+        return self._eager_hangover if finished else self._hangover
 
     def _pausing(self, window_end: int) -> bool:
         """Speech, silent for `speculate_ms` since its last voiced window, not yet announced."""
@@ -299,6 +315,7 @@ class Endpointer:
             speech_start=self._onset,
             speech_end=speech_end,
             forced=forced,
+            eager=not forced and speech_end == self._finished_at,
         )
         self._floor = decided_at
         return event
@@ -360,6 +377,7 @@ class VadStage(StageBase):
         self._stream = model.new_stream()
         self._endpointer = Endpointer(settings)
         self._arrivals = _Arrivals(SAMPLE_RATE, _arrival_history(settings))
+        self._pause: tuple[int, int] | None = None  # (speech end sample, its arrival ns) of the last pause
 
     def retune(self, settings: VadSettings) -> None:
         """Per-session turn detection (a client's session.update), from the next window on."""
@@ -379,8 +397,11 @@ class VadStage(StageBase):
     async def _detect(self, frame: AudioInput) -> list[VadEvent]:
         if not len(frame.pcm):
             return []
+        self._count_backlog(self.session.now_ns() - frame.t_ns)
         self._arrivals.add(self._endpointer.audio_end, frame.t_ns, len(frame.pcm))
         self._endpointer.append_audio(frame.pcm)
+        if self._pause is not None and self._pause[1] == self.session.finished_sentence_ns:
+            self._endpointer.sentence_finished(self._pause[0])  # the STT read the pause's words
         probs = await self._model.worker.run(self._stream.probabilities, frame.pcm)
         first_end = self._stream.samples_done - (len(probs) - 1) * WINDOW
         events: list[VadEvent] = []
@@ -388,14 +409,26 @@ class VadStage(StageBase):
             events.extend(self._endpointer.update(prob, first_end + index * WINDOW))
         return events
 
+    def _count_backlog(self, backlog_ns: int) -> None:
+        """How far behind real time the input runs, per turn: the worst wait and the late frames."""
+        notes = self.session.trace.notes
+        notes["input_backlog_ms_max"] = max(notes.get("input_backlog_ms_max", 0.0), round(backlog_ns / 1e6, 1))
+        if backlog_ns > LATE_INPUT_NS:
+            notes["late_input_frames"] = notes.get("late_input_frames", 0) + 1
+
     async def _emit(self, event: VadEvent) -> Frame:
         if isinstance(event, SpeechStart):
             await self.session.user_started_speaking()  # first: it may interrupt a reply in flight
             log.info("speech started", extra={"event": "speech_started", "turn": self.session.turn_id})
             return self.session.make(SpeechStarted, audio_offset_s=event.sample / SAMPLE_RATE)
         speech_end_ns = self._arrivals.time_of(event.speech_end)
+        ended = {"audio": event.audio, "speech_end_ns": speech_end_ns, "speech_end_s": event.speech_end / SAMPLE_RATE}
         if isinstance(event, SpeechPause):  # the STT may start while the hangover runs
-            return self.session.make(SpeechEnded, audio=event.audio, speech_end_ns=speech_end_ns, final=False)
+            self._pause = (event.speech_end, speech_end_ns)
+            self.session.mark("speech_pause", replace=True)
+            return self.session.make(SpeechEnded, **ended, final=False)
+        self._pause = None
+        self.session.trace.notes["endpoint"] = "eager" if event.eager else "forced" if event.forced else "hangover"
         self.session.user_stopped_speaking(speech_end_ns)
         log.info(
             "speech ended",
@@ -404,6 +437,7 @@ class VadStage(StageBase):
                 "turn": self.session.turn_id,
                 "speech_s": round((event.speech_end - event.speech_start) / SAMPLE_RATE, 3),
                 "forced": event.forced,
+                "eager": event.eager,
             },
         )
-        return self.session.make(SpeechEnded, audio=event.audio, speech_end_ns=speech_end_ns)
+        return self.session.make(SpeechEnded, **ended)

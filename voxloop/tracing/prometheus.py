@@ -7,6 +7,7 @@
     voxloop_errors_total{stage}       stage errors reported to clients
     voxloop_sessions_opened_total     realtime sessions opened
     voxloop_sessions                  realtime sessions open now
+    voxloop_late_input_frames_total   input frames that reached the VAD over 100 ms after arriving
 
 Each sink owns its CollectorRegistry, so two apps in one process never share counts.
 """
@@ -43,6 +44,9 @@ class PrometheusSink:
         self.errors = Counter("voxloop_errors", "Stage errors", ["stage"], registry=r)
         self.sessions_opened = Counter("voxloop_sessions_opened", "Realtime sessions opened", registry=r)
         self.sessions_open = Gauge("voxloop_sessions", "Realtime sessions open now", registry=r)
+        self.late_input = Counter(
+            "voxloop_late_input_frames", "Input frames that reached the VAD over 100 ms after arriving", registry=r
+        )
 
     def exposition(self) -> bytes:
         """The registry in Prometheus' text format."""
@@ -54,6 +58,7 @@ class PrometheusSink:
             self.stage.labels(stage=stage).observe(max(ms, 0.0) / 1000)
         if trace.voice_to_voice_ms is not None:
             self.v2v.observe(max(trace.voice_to_voice_ms, 0.0) / 1000)
+        self.late_input.inc(trace.notes.get("late_input_frames", 0))
 
     def session_opened(self, session: Session) -> None:
         self.sessions_opened.inc()
