@@ -89,6 +89,9 @@ class InstantLlm:
         for word in REPLY.split(" "):
             yield word + " "
 
+    async def prefill(self, messages: list[dict[str, str]]) -> None:
+        pass
+
     async def close(self) -> None:
         pass
 

@@ -41,6 +41,12 @@ class ChatBackend(Protocol):
         """The reply as text deltas. Leaving the iteration early stops generation."""
         ...
 
+    async def prefill(self, messages: list[dict[str, str]]) -> None:
+        """Read a prompt a reply will probably start from into the model's cache, so that the
+        reply's first token comes sooner. Called with the early transcript while the
+        end-of-turn silence runs; a backend without a cache it controls does nothing."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -85,8 +91,11 @@ class LlmStage(StageBase):
     async def process(self, frame: Frame) -> AsyncIterator[Frame]:
         if isinstance(frame, Transcript):
             yield frame  # the user's words go on to the transport at once, ahead of the reply
-            if not frame.final or not frame.text.strip() or not self.session.auto_respond:
-                return  # partial transcripts are for display; manual turns wait for Respond
+            if not frame.text.strip() or not self.session.auto_respond:
+                return  # manual turns wait for Respond
+            if not frame.final:
+                await self._prefill(frame.text.strip())
+                return
             question = frame.text.strip()
         elif isinstance(frame, Respond):
             self.session.reply_requested()
@@ -125,6 +134,13 @@ class LlmStage(StageBase):
         finally:
             await _close(deltas)  # stop generation now, not when the iterator is collected
         yield self.session.make(ReplyDone, text="".join(parts).strip())
+
+    async def _prefill(self, partial: str) -> None:
+        """The reply to the early transcript will most likely be asked for: warm the model up."""
+        system_prompt = self.session.instructions or self.settings.system_prompt
+        await self.backend.prefill(
+            build_messages(system_prompt, self.session.history, self.settings.max_history_messages, partial)
+        )
 
 
 async def _close(iterator: AsyncIterator[str]) -> None:

@@ -104,6 +104,14 @@ class EmbeddedLlamaBackend:
         # The first completion pays for allocating buffers; a user turn should not.
         self._llama.create_chat_completion([{"role": "user", "content": "Hi"}], max_tokens=1)
 
+    async def prefill(self, messages: list[dict[str, str]]) -> None:
+        """Evaluate the prompt now (one token is sampled and dropped): llama-cpp-python keeps the
+        evaluated tokens and reuses the longest common prefix, so the real request that follows
+        starts generating at once (~1 ms to the first token instead of ~50 ms on 2 cores)."""
+        started = time.perf_counter()
+        await self._worker.run(lambda: self._llama.create_chat_completion(messages, max_tokens=1))
+        log.debug("llm prefill", extra={"event": "llm_prefill", "ms": round((time.perf_counter() - started) * 1000)})
+
     async def stream(
         self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float
     ) -> AsyncGenerator[str, None]:

@@ -153,6 +153,10 @@ class OpenAICompatBackend:
             extra={"event": "llm_done", "backend": self.name, "deltas": deltas, **deadlines.timings()},
         )
 
+    async def prefill(self, messages: list[dict[str, str]]) -> None:
+        """Nothing: a server manages its own prompt cache (llama.cpp's server reuses the common
+        prefix of a slot by itself), and an extra request would only queue ahead of the reply."""
+
     async def close(self) -> None:
         await self._client.aclose()
 
