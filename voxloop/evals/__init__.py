@@ -1,0 +1,1 @@
+"""Offline evaluations of voxloop's stages on the recordings in ../shared/eval (see scripts/eval_*)."""
