@@ -1,7 +1,8 @@
 """The concurrency benchmark: N simulated users talk to a real voxloop server over the realtime protocol.
 
-    scripts/bench [--users 1] [--duration 60] [--llm embedded,external] [--url http://HOST:PORT]
-                  [--conversation dev_conv01_turns] [--start 0] [--no-ladder] [--out out/bench.json]
+    scripts/bench [--users 1] [--duration 60] [--llm embedded,external] [--transport websocket,webrtc]
+                  [--url http://HOST:PORT] [--conversation dev_conv01_turns] [--start 0] [--no-ladder]
+                  [--out out/bench.json]
 
 Each user streams a real conversation from ../shared/eval at real-time pace with its natural
 pauses, waiting (microphone open, on silence) for each reply to finish playing. Then one user
@@ -34,12 +35,16 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--start", type=float, default=0.0, help="where in the conversation to start (s)")
     parser.add_argument("--conversation", default="dev_conv01_turns", help="a conv_id of conversations.tsv")
     parser.add_argument("--llm", default="embedded,external", help="embedded, external or both (comma-separated)")
+    parser.add_argument("--transport", default="websocket", help="websocket, webrtc or both (comma-separated)")
     parser.add_argument("--url", help="benchmark this running server instead of starting one (no CPU/RSS figures)")
     parser.add_argument("--no-ladder", action="store_true", help="skip the pause-ladder false-endpoint run")
     parser.add_argument("--eval-dir", type=Path, default=ROOT.parent / "shared" / "eval")
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "bench.json")
     args = parser.parse_args(argv)
     llms = args.llm.split(",")
+    args.transports = args.transport.split(",")
+    if not set(args.transports) <= {"websocket", "webrtc"}:
+        parser.error("--transport must be a list of websocket and webrtc")
     if args.users < 1 or args.duration <= 0 or not set(llms) <= {"embedded", "external"}:
         parser.error("--users must be >= 1, --duration > 0, and --llm a list of embedded and external")
     args.llms = ["as configured"] if args.url else llms
@@ -52,7 +57,9 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     logs = args.out.parent / "bench_logs"
     runs, ladders = [], []
     for llm in args.llms:
-        runs.append(run_plan(Plan(args.users, llm, conversation, True, args.url, logs / llm)))
+        for transport in args.transports:
+            plan = Plan(args.users, llm, conversation, True, args.url, logs / f"{llm}-{transport}", transport)
+            runs.append(run_plan(plan))
         if not args.no_ladder:
             ladders.append(run_plan(Plan(1, llm, ladder, False, args.url, logs / f"{llm}-ladder")))
     return {"runs": runs, "pause_ladder": ladders}
@@ -64,9 +71,11 @@ def report(result: dict[str, Any]) -> str:
         o = run["overall"]
         v2v = o["voice_to_voice_ms"]
         lines.append(
-            f"{run['llm']:>9} x{run['users']}: {o['turns']} turns, voice-to-voice p50 {v2v['p50']} p95 {v2v['p95']} "
+            f"{run['llm']:>9} {run['transport']:>9} x{run['users']}: {o['turns']} turns, "
+            f"voice-to-voice p50 {v2v['p50']} p95 {v2v['p95']} "
             f"max {v2v['max']} ms, overhead p50 {o['overhead_per_turn_ms']['p50']} ms, WER {o['wer']}, "
-            f"underruns {o['reply_underruns']}, loop lag {run['resources']['loop_lag_ms']}"
+            f"underruns {o['reply_underruns']}, frame jitter {o['reply_frame_jitter_ms']}, "
+            f"loop lag {run['resources']['loop_lag_ms']}"
         )
     for run in result["pause_ladder"]:
         ep = run["per_user"][0]["endpoints"]

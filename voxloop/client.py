@@ -19,13 +19,13 @@ import asyncio
 import base64
 import json
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import websockets
-from websockets.asyncio.client import ClientConnection
+import websockets.exceptions
 
 from voxloop.pipeline.errors import VoxloopError
 from voxloop.pipeline.frames import PCM16
@@ -36,6 +36,16 @@ APPEND_MS = 20
 
 Event = dict[str, Any]
 Predicate = Callable[[Event], bool]
+
+
+class MessageSocket(Protocol):
+    """What the client needs of its connection: a websockets ClientConnection, or a WebRTC data channel."""
+
+    def __aiter__(self) -> AsyncIterator[str | bytes]: ...
+
+    async def send(self, message: str | bytes) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 class ClientError(VoxloopError):
@@ -55,7 +65,7 @@ BINARY_AUDIO = "voxloop.binary_audio"  # the pseudo event type a binary message 
 
 
 class RealtimeClient:
-    def __init__(self, ws: ClientConnection) -> None:
+    def __init__(self, ws: MessageSocket) -> None:
         self.ws = ws
         self.received: list[Received] = []
         self.audio: dict[str, list[PCM16]] = {}  # response id → reply audio pieces, in order

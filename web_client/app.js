@@ -1,11 +1,27 @@
 // voxloop hands-free client: the start/stop button, the realtime protocol, barge-in and truncation.
 import { AudioEngine, WIRE_RATE } from "./audio.js";
 import { decodePcm16, encodePcm16 } from "./pcm.js";
+import { RtcConnection, callsUrl, rtcAvailable } from "./rtc.js";
 import { Connection, realtimeUrl } from "./socket.js";
 import { View } from "./view.js";
+import { VoicePanel } from "./voices.js";
+
+// WebRTC by default where the browser has it (its echo cancellation works on WebRTC playback);
+// ?transport=websocket|webrtc or the Transport select picks one.
+const transportSelect = document.getElementById("transport");
+const asked = new URLSearchParams(window.location.search).get("transport");
+const TRANSPORTS = rtcAvailable() ? ["webrtc", "websocket"] : ["websocket"];
+const rtcPlayer = new Audio(); // the reply track plays here over WebRTC
+rtcPlayer.autoplay = true;
+window.voxloopPlayer = rtcPlayer; // for people and tests: the reply stream over WebRTC
+
+function transportUrl(transport) {
+  return transport === "webrtc" ? callsUrl(window.location) : realtimeUrl(window.location);
+}
 
 // A little state for people and tests to look at (window.voxloop in the devtools console).
 const shared = (window.voxloop = {
+  transport: TRANSPORTS.includes(asked) ? asked : TRANSPORTS[0],
   state: "off", // the pill: off | starting | connecting | reconnecting | asleep | listening | thinking | speaking
   stateHistory: [],
   messages: [], // {role, itemId, text, interrupted}
@@ -22,10 +38,27 @@ const shared = (window.voxloop = {
   sentFrames: 0,
   sampleRate: null,
   micRate: null,
-  url: realtimeUrl(window.location),
+  url: null,
 });
+shared.url = transportUrl(shared.transport);
+if (transportSelect) {
+  transportSelect.value = shared.transport;
+  for (const option of transportSelect.options) option.disabled = !TRANSPORTS.includes(option.value);
+  transportSelect.addEventListener("change", () => {
+    shared.transport = transportSelect.value; // takes effect at the next Start
+    shared.url = transportUrl(shared.transport);
+  });
+}
 
 const view = new View();
+// The voice replies speak with: sent with the session's settings, and again whenever it is changed.
+const voices = new VoicePanel({ onChange: (voice) => connection?.send(voiceUpdate(voice)) });
+shared.voices = voices.state;
+voices.refresh();
+
+function voiceUpdate(voice) {
+  return { type: "session.update", session: { type: "realtime", audio: { output: { voice } } } };
+}
 let audio = null;
 let connection = null;
 let running = false;
@@ -66,7 +99,12 @@ async function start() {
   view.setButton("stop");
   setState("connecting");
   view.setStatus(`Connecting to ${shared.url}…`);
-  connection = new Connection(shared.url, { onOpen, onEvent, onDown });
+  if (transportSelect) transportSelect.disabled = true;
+  const handlers = { onOpen, onEvent, onDown };
+  connection =
+    shared.transport === "webrtc"
+      ? new RtcConnection(shared.url, handlers, { stream: audio.stream, player: rtcPlayer })
+      : new Connection(shared.url, handlers);
   connection.start();
 }
 
@@ -78,6 +116,7 @@ async function stop() {
   audio = null;
   await engine?.stop();
   shared.playing = false;
+  if (transportSelect) transportSelect.disabled = false;
   view.setButton("start");
   setState("off");
   view.setLevel(0);
@@ -99,6 +138,7 @@ function onOpen() {
       },
     },
   });
+  if (voices.selected) connection.send(voiceUpdate(voices.selected)); // apart: a stale name must not undo the rates
 }
 
 function onDown({ everOpened, code, reason, retryInMs, attempt }) {
@@ -117,6 +157,7 @@ function onDown({ everOpened, code, reason, retryInMs, attempt }) {
 }
 
 function sendFrame(pcm) {
+  if (shared.transport === "webrtc") return; // the microphone goes out on the WebRTC track
   if (connection && connection.send({ type: "input_audio_buffer.append", audio: encodePcm16(pcm) })) shared.sentFrames += 1;
 }
 
@@ -156,7 +197,20 @@ const handlers = {
     lastDoneItem = item.id;
     if (response.status !== "completed") interrupted(item.id, "interrupted");
   },
-  "conversation.item.truncated": (event) => shared.truncated.push({ itemId: event.item_id, audioEndMs: event.audio_end_ms }),
+  "conversation.item.truncated": (event) => {
+    shared.truncated.push({ itemId: event.item_id, audioEndMs: event.audio_end_ms });
+    if (shared.transport === "webrtc") {
+      // Over WebRTC the server cut its own track and truncated the item to the audio that left.
+      shared.bargeIns.push({ reason: "output_audio_buffer.cleared", itemId: event.item_id, playedMs: event.audio_end_ms });
+      interrupted(event.item_id, `interrupted at ${(event.audio_end_ms / 1000).toFixed(1)} s`, true);
+    }
+  },
+  // WebRTC only: the server's reply track started / finished playing a response.
+  "output_audio_buffer.started": (event) => {
+    shared.playing = true;
+    shared.playbackStarted.push(event.response_id);
+  },
+  "output_audio_buffer.stopped": () => (shared.playing = false),
   "voxloop.trace": (event) => {
     shared.turns.push(event.trace);
     const node = lastDoneItem && assistantNodes.get(lastDoneItem);

@@ -118,7 +118,7 @@ def test_hands_free_turn_in_a_real_browser(
 ) -> None:
     wav, reference = padded_utterance(eval_dir, manifest, tmp_path / "mic.wav")
     with chromium_page(mic_wav=wav) as (page, errors):
-        page.goto(server.url + "/")
+        page.goto(server.url + "/?transport=websocket")
         page.click("#toggle")
 
         user = page.wait_for_selector('.msg[data-role="user"] .text', timeout=TURN_TIMEOUT_MS)
@@ -171,7 +171,7 @@ def test_barge_in_flushes_playback_and_truncates_to_what_was_heard(
     second = clip_samples(eval_dir, manifest, "psphinx_goforward")  # "go forward ten meters"
     with chromium_page() as (page, errors):
         page.add_init_script(CUED_MIC_JS)
-        page.goto(server.url + "/")
+        page.goto(server.url + "/?transport=websocket")
         page.click("#toggle")
         page.wait_for_function("window.voxloop.state === 'listening'", timeout=15_000)
         page.evaluate("([samples, rate]) => window.__cuedMic.play(samples, rate)", first)
@@ -228,7 +228,7 @@ def static_client() -> Iterator[ThreadingHTTPServer]:
 def test_unreachable_server_shows_error_and_retries_with_backoff() -> None:
     with static_client() as httpd, chromium_page() as (page, _errors):
         port = httpd.server_address[1]
-        page.goto(f"http://127.0.0.1:{port}/")
+        page.goto(f"http://127.0.0.1:{port}/?transport=websocket")
         page.click("#toggle")
         # First the WebSocket handshake is refused (a file server, not voxloop) ...
         banner = page.wait_for_selector('#error[data-kind="server_unreachable"]', timeout=15_000)

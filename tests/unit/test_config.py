@@ -64,3 +64,11 @@ def test_broken_yaml_and_missing_files_are_clear_errors(tmp_path: Path) -> None:
         load_settings(path, env={})
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(tmp_path / "nope.yaml", env={})
+
+
+def test_a_wake_word_without_a_threshold_takes_its_measured_default() -> None:
+    from voxloop.pipeline.config import WAKE_THRESHOLDS, WakeSettings
+
+    words = WakeSettings.model_validate({"words": [{"name": "alexa"}, {"name": "hey_mycroft", "threshold": 0.4}]})
+    assert [w.threshold for w in words.words] == [WAKE_THRESHOLDS["alexa"], 0.4]  # a given threshold wins
+    assert WakeSettings.model_validate({"words": [{"name": "/models/mine.onnx"}]}).words[0].threshold == 0.5

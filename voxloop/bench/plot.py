@@ -15,7 +15,7 @@ STAGES = ("endpoint_delay", "stt", "llm_first_token", "first_chunk", "tts_first_
 
 def plot(runs: list[dict[str, Any]], path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5))
-    labels = [f"{r['llm']}\n{r['users']} user(s)" for r in runs]
+    labels = [f"{r['llm']} {r.get('transport', 'websocket')}\n{r['users']} user(s)" for r in runs]
     series = [[t["client_v2v_ms"] for u in r["per_user"] for t in u["turns"] if t["client_v2v_ms"]] for r in runs]
     left.boxplot([s or [0.0] for s in series], tick_labels=labels)
     left.axhline(600, linestyle="--", linewidth=1, label="p50 target 600 ms")

@@ -20,6 +20,7 @@ from voxloop.bench.user import SimulatedUser
 from voxloop.client import RealtimeClient
 from voxloop.pipeline.assets import AssetStore
 from voxloop.pipeline.tasks import cancel_and_wait
+from voxloop.rtc_client import RtcClient
 
 SAMPLE_S = 0.5
 SESSION = {
@@ -38,6 +39,7 @@ class Plan:
     polite: bool
     url: str | None  # target this server instead of starting one
     log_dir: Path
+    transport: str = "websocket"  # or "webrtc": POST /v1/realtime/calls, Opus tracks, the oai-events channel
 
 
 @contextlib.contextmanager
@@ -113,20 +115,25 @@ class Sampler:
         return {"processes": out, "loop_lag_ms": lag if self.lag else None}
 
 
-async def _one_user(ws_url: str, plan: Plan) -> dict[str, Any]:
-    async with await RealtimeClient.connect(ws_url) as client:
+async def _connect(url: str, plan: Plan) -> RealtimeClient:
+    if plan.transport == "webrtc":
+        return await RtcClient.connect_rtc(url)
+    return await RealtimeClient.connect(url.replace("http", "ws", 1) + "/v1/realtime")
+
+
+async def _one_user(url: str, plan: Plan) -> dict[str, Any]:
+    async with await _connect(url, plan) as client:
         await client.update_session(SESSION)
         run = await SimulatedUser(client, plan.conversation, polite=plan.polite).talk()
         return user_figures(run, plan.conversation)
 
 
 async def _users(url: str, started: list[Managed], plan: Plan) -> dict[str, Any]:
-    ws_url = url.replace("http", "ws", 1) + "/v1/realtime"
     sampler = Sampler(url, started)
     watcher = asyncio.create_task(sampler.watch(), name="bench-sampler")
     begun = time.monotonic()
     try:
-        users = await asyncio.gather(*(_one_user(ws_url, plan) for _ in range(plan.users)))
+        users = await asyncio.gather(*(_one_user(url, plan) for _ in range(plan.users)))
     finally:
         await cancel_and_wait(watcher)
     overall = aggregate(users)
@@ -145,6 +152,7 @@ def run_plan(plan: Plan) -> dict[str, Any]:
     return {
         "llm": plan.llm if plan.url is None else "as configured at the target URL",
         "users": plan.users,
+        "transport": plan.transport,
         "conversation": plan.conversation.conv_id,
         "audio_s": round(len(plan.conversation.pcm) / 16000, 2),
         "polite": plan.polite,

@@ -9,7 +9,9 @@ import numpy as np
 
 from voxloop.bench.conversation import Conversation, normalise, score_endpoints
 from voxloop.bench.user import UserRun, playback, reply_chunks
+from voxloop.rtc_client import RTC_AUDIO
 
+FRAME_S = 0.02  # a WebRTC audio frame
 MODEL_SPANS = ("stt", "llm_first_token", "first_chunk", "tts_first_audio")
 OVERHEAD_METHOD = (
     "per turn: server voice-to-voice minus the endpointing wait (endpoint_delay) minus the model spans "
@@ -47,7 +49,8 @@ def turns(run: UserRun) -> list[dict[str, Any]]:
         trace: dict[str, Any] = next(
             (r.event["trace"] for r in received[item.index :] if r.event.get("type") == "voxloop.trace"), {}
         )
-        _, underruns, gap_ms = playback(chunks)
+        rtc = any(r.event.get("type") == RTC_AUDIO for r in received)
+        _, underruns, gap_ms = playback(chunks) if not rtc else (0, 0, 0.0)
         spans = trace.get("spans_ms", {})
         v2v = trace.get("voice_to_voice_ms")
         overhead = None
@@ -61,7 +64,8 @@ def turns(run: UserRun) -> list[dict[str, Any]]:
                 "spans_ms": spans,
                 "overhead_ms": overhead,
                 "reply_audio_s": sum(n for _, n in chunks) / 16000,
-                "underruns": underruns,
+                "underruns": underruns if not rtc else None,  # WebRTC: the receiver's jitter buffer decides
+                "frame_jitter_ms": frame_jitter(chunks) if rtc else [],
                 "underrun_ms": gap_ms,
                 "endpoint": trace.get("notes", {}).get("endpoint"),
                 "late_input_frames": trace.get("notes", {}).get("late_input_frames", 0),
@@ -69,6 +73,12 @@ def turns(run: UserRun) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def frame_jitter(chunks: list[tuple[float, int]]) -> list[float]:
+    """WebRTC: how far each reply frame's arrival strayed from the one before + 20 ms (inter-arrival jitter)."""
+    times = np.asarray([at for at, _ in chunks], dtype=float)
+    return [round(abs(d - FRAME_S) * 1000, 2) for d in np.diff(times)]
 
 
 def _rid(event: dict[str, Any]) -> str:
@@ -109,7 +119,8 @@ def aggregate(users: list[dict[str, Any]]) -> dict[str, Any]:
         },
         "overhead_per_turn_ms": summary([t["overhead_ms"] for t in all_turns if t["overhead_ms"] is not None]),
         "wer": round(float(np.mean(wers)), 4) if wers else None,
-        "reply_underruns": sum(t["underruns"] for t in all_turns),
+        "reply_underruns": sum(t["underruns"] or 0 for t in all_turns),
+        "reply_frame_jitter_ms": summary([j for t in all_turns for j in t.get("frame_jitter_ms", [])]),
         "reply_underrun_ms": round(sum(t["underrun_ms"] for t in all_turns), 1),
         "reply_audio_s": round(sum(t["reply_audio_s"] for t in all_turns), 2),
         "cancelled_replies": sum(u["cancelled_replies"] for u in users),

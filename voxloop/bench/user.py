@@ -17,10 +17,12 @@ from typing import Any
 from voxloop.bench.conversation import RATE, Conversation, silence
 from voxloop.client import APPEND_MS, RealtimeClient
 from voxloop.pipeline.frames import PCM16
+from voxloop.rtc_client import RTC_AUDIO, RtcClient
 
 STEP = RATE * APPEND_MS // 1000
 MAX_REPLY_WAIT_S = 20.0
 TAIL_S = 1.5
+TRACK_ENDS = ("output_audio_buffer.stopped", "output_audio_buffer.cleared")
 
 
 @dataclass
@@ -95,16 +97,23 @@ class SimulatedUser:
         done = [r for r in events[last_stop:] if r.event.get("type") == "response.done"]
         if not done:
             return True  # the turn ended and its reply has not finished
-        return self._loop.time() < playback_end(events, done[-1].event["response"]["id"])
+        rid = done[-1].event["response"]["id"]
+        if isinstance(self.client, RtcClient):  # the server's track plays it: wait until it says it stopped
+            return not any(r.event.get("type") in TRACK_ENDS and r.event.get("response_id") == rid for r in events)
+        return self._loop.time() < playback_end(events, rid)
 
 
 def reply_chunks(events: list[Any], response_id: str) -> list[tuple[float, int]]:
-    """(arrival time, samples) of each reply-audio delta of one response."""
+    """(arrival time, samples at 16 kHz) of each reply-audio delta (or WebRTC track frame) of one response."""
     chunks = []
     for item in events:
         event = item.event
-        if event.get("type") == "response.output_audio.delta" and event.get("response_id") == response_id:
+        if event.get("response_id") != response_id:
+            continue
+        if event.get("type") == "response.output_audio.delta":
             chunks.append((item.at, len(base64.b64decode(event["delta"])) // 2))
+        elif event.get("type") == RTC_AUDIO:
+            chunks.append((item.at, event["samples"] * RATE // event["rate"]))
     return chunks
 
 

@@ -131,9 +131,8 @@ def print_result(result: ConverseResult, out: Path | None) -> None:
 
 async def spoken(text: str, engines: Engines) -> np.ndarray:
     """`text` spoken by the TTS voice at 16 kHz: a question to ask when no recording is at hand."""
-    tts = engines.tts
-    parts = await tts.worker.run(lambda: list(tts.synthesize(text)))
-    return resample(np.concatenate(parts), tts.sample_rate, 16000)
+    pcm, rate, _ = await engines.tts.speak(text)
+    return resample(pcm, rate, 16000)
 
 
 def read_input(path: Path) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from types import FrameType
 
@@ -15,13 +16,20 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from voxloop.server.app import create_app
+    from voxloop.server.limits import ws_max_size
+    from voxloop.server.security import describe_auth
 
     settings = load_settings(args.config)
+    if args.kiosk:
+        settings = settings.model_copy(update={"mode": "kiosk"})
     level = args.log_level or settings.server.log_level
     setup_logging(level, json_lines=args.log_json)
     host = args.host or settings.server.host
     port = settings.server.port if args.port is None else args.port
-    app = create_app(settings)
+    settings = settings.model_copy(update={"server": settings.server.model_copy(update={"host": host, "port": port})})
+    app = create_app(settings)  # refuses (ConfigError) to serve beyond loopback without an API key
+    auth = describe_auth(settings, app.state.gate.auth)
+    logging.getLogger(__name__).info(auth, extra={"event": "server_auth", "auth": app.state.gate.auth.enabled})
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -36,11 +44,14 @@ def run(args: argparse.Namespace) -> int:
         port=port,
         ws="websockets-sansio",  # the websockets library's sans-I/O core (the legacy one is deprecated)
         log_level=level.lower(),
+        ws_max_size=ws_max_size(settings.limits),  # above it uvicorn closes with 1009; below, limits.py answers
         timeout_graceful_shutdown=5,
     )
     server = Server(config)
     where = "localhost" if host in ("127.0.0.1", "::1") else host
-    print(f"voxloop: loading models, then serving on http://{where}:{port}/", file=sys.stderr, flush=True)
+    page = "kiosk" if settings.kiosk_mode else ""
+    print(f"voxloop: {auth}", file=sys.stderr, flush=True)
+    print(f"voxloop: loading models, then serving on http://{where}:{port}/{page}", file=sys.stderr, flush=True)
     server.run()
     return 0
 
@@ -50,4 +61,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument("--host", help="address to bind (default: server.host, 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default: server.port, 8765; 0 picks a free one)")
     parser.add_argument("--config", help="settings file (default: the repo's config.yaml)")
+    parser.add_argument(
+        "--kiosk", action="store_true", help="kiosk mode: asleep until a wake word (mode: kiosk); page at /kiosk"
+    )
     parser.set_defaults(func=run)

@@ -61,8 +61,13 @@ class EndOfInput(Frame):
 
 @dataclass(slots=True, kw_only=True)
 class WakeWordDetected(Frame):
+    """A wake word was heard; `audio_end_s` is where it was detected in the input stream, `woke`
+    says whether it woke the session (else the session was awake already)."""
+
     word: str = ""
     score: float = 0.0
+    audio_end_s: float = 0.0
+    woke: bool = False
     scoped: ClassVar[bool] = False
 
 

@@ -51,6 +51,7 @@ class Session:
         self._state_listeners: list[StateListener] = []
         self.instructions: str | None = None  # a client's system prompt, replacing the configured one
         self.auto_respond = True  # False: reply only when asked (manual turns, create_response off)
+        self.voice: str | None = None  # the voice the client chose (session.audio.output.voice); None: the default
         self.trace = TurnTrace(self.id, 0)
         self.finished_traces: list[TurnTrace] = []
         self.interrupts = 0
@@ -198,3 +199,9 @@ class Session:
                 self.history[-1].content = played_text.strip()
             else:
                 self.history.pop()
+
+    def forget(self) -> None:
+        """Clear the conversation (kiosk idle reset): the next person starts fresh."""
+        self.history.clear()
+        self._unanswered = ""
+        self._awaiting_reply = None

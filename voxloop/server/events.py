@@ -171,6 +171,14 @@ def error_event(code: str, message: str, *, param: str | None = None, event_id: 
     return server_event("error", error=error)
 
 
+def wake_word_event(word: str, score: float, audio_end_ms: int, woke: bool, ack: PCM16 | None) -> dict[str, Any]:
+    """`voxloop.wake_word.detected`; `ack_audio` (base64 PCM16 at the output rate) when it woke a kiosk."""
+    fields: dict[str, Any] = {"word": word, "score": round(score, 3), "audio_end_ms": audio_end_ms, "woke": woke}
+    if ack is not None:
+        fields["ack_audio"] = encode_pcm(ack)
+    return server_event("voxloop.wake_word.detected", **fields)
+
+
 def response_object(response_id: str, status: str, items: list[dict[str, Any]]) -> dict[str, Any]:
     return {"id": response_id, "object": "realtime.response", "status": status, "output": items}
 

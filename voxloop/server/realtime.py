@@ -15,11 +15,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from voxloop.pipeline.audio import Resampler
 from voxloop.pipeline.frames import (
@@ -34,27 +34,38 @@ from voxloop.pipeline.frames import (
     SpeechEnded,
     SpeechStarted,
     Transcript,
+    WakeWordDetected,
 )
+from voxloop.pipeline.kiosk import chime
 from voxloop.pipeline.session import Session, State
 from voxloop.pipeline.tasks import cancel_and_wait
 from voxloop.pipeline.trace import TurnTrace
 from voxloop.server import events as ev
 from voxloop.server.events import ProtocolError
+from voxloop.server.limits import InboundLimits, PolicyViolation
+from voxloop.server.security import close_reason
+from voxloop.server.transport import AudioOut, Transport, TransportClosed
 from voxloop.stages.vad import VadStage
+from voxloop.stages.wake import WakeStage
 from voxloop.tracing import Tracer, TurnRecorder
 
 if TYPE_CHECKING:
     from voxloop.engine import Engines
+    from voxloop.voices.store import VoiceStore
 
 log = logging.getLogger(__name__)
 
 INNER_RATE = 16000
 CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY_VIOLATION = 1008
+
+Companion = Callable[[], Coroutine[Any, Any, None]]
 
 
 @dataclass(frozen=True)
 class Close:
     reason: str
+    code: int = CLOSE_GOING_AWAY
 
 
 @dataclass
@@ -88,9 +99,19 @@ class Reply:
 
 
 class RealtimeConnection:
-    def __init__(self, websocket: WebSocket, engines: Engines, tracer: Tracer | None = None) -> None:
-        self.ws = websocket
+    def __init__(
+        self,
+        transport: Transport,
+        engines: Engines,
+        tracer: Tracer | None = None,
+        voices: VoiceStore | None = None,
+        *,
+        audio_out: AudioOut | None = None,
+    ) -> None:
+        self.transport = transport
+        self.audio_out = audio_out  # None: reply audio goes out as events; else (WebRTC) to this sink
         self.engines = engines
+        self.voices = voices  # to check a voice a client picks; None: any name is taken as given
         self.session = Session()
         self.graph = engines.graph(self.session)
         self.tts_rate = engines.settings.audio.output_sample_rate
@@ -104,23 +125,26 @@ class RealtimeConnection:
         self.user_item: str | None = None
         self.speech_start_ms = 0  # where the current utterance began in the input stream
         self.outbox: asyncio.Queue[dict[str, Any] | bytes | Close] = asyncio.Queue()
-        self.session.on_state(lambda state: self.emit("voxloop.state", state=state.value))
+        self.limits = InboundLimits(engines.settings.limits)
         self.recorder = TurnRecorder(tracer or Tracer(), self.session)
         self.session.on_interrupt(self._interrupted)
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def run(self) -> None:
-        await self.ws.accept()
+    async def run(self, *companions: Companion) -> None:
+        """Serve the connection; each companion (e.g. a WebRTC track reader) runs alongside and ends it too."""
+        await self.transport.accept()
         log.info("session opened", extra={"event": "session_open", "session": self.session.id})
         self.recorder.opened()
         async with self.graph:
             self.emit("session.created", session=self.describe())
-            self.emit("voxloop.state", state=self.session.state.value)
+            self.emit("voxloop.state", state=self.session.state.value)  # once, after stages set theirs at start
+            self.session.on_state(lambda state: self.emit("voxloop.state", state=state.value))
             tasks = [
                 asyncio.create_task(self._receive(), name=f"rt-receive-{self.session.id}"),
                 asyncio.create_task(self._pump(), name=f"rt-pump-{self.session.id}"),
                 asyncio.create_task(self._send(), name=f"rt-send-{self.session.id}"),
+                *(asyncio.create_task(c(), name=f"rt-{c.__name__}-{self.session.id}") for c in companions),
             ]
             try:
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -146,38 +170,42 @@ class RealtimeConnection:
     async def _send(self) -> None:
         try:
             await self._send_all()
-        except WebSocketDisconnect:
+        except TransportClosed:
             return  # the client left; run() winds the session down
 
     async def _send_all(self) -> None:
         while True:
             message = await self.outbox.get()
             if isinstance(message, Close):
-                await self.ws.close(code=CLOSE_GOING_AWAY, reason=message.reason)
+                await self.transport.close(message.code, message.reason)
                 return
             if isinstance(message, bytes):
-                await self.ws.send_bytes(message)
+                await self.transport.send_bytes(message)
             else:
-                await self.ws.send_text(json.dumps(message))
+                await self.transport.send_text(json.dumps(message))
 
     # -- client events ---------------------------------------------------------------------
 
     async def _receive(self) -> None:
         while True:
-            try:
-                message = await self.ws.receive()
-            except WebSocketDisconnect:
-                return
-            if message["type"] == "websocket.disconnect":
+            message = await self.transport.receive()
+            if message is None:
                 return
             event_id = None
             try:
-                if message.get("bytes") is not None:
-                    await self._binary_audio(message["bytes"])
+                if not self.limits.admit(message):
                     continue
-                event = ev.parse_event(message.get("text") or "")
+                if isinstance(message, bytes):
+                    await self._binary_audio(message)
+                    continue
+                event = ev.parse_event(message)
                 event_id = event.get("event_id") if isinstance(event.get("event_id"), str) else None
                 await self._handle(event)
+            except PolicyViolation as error:
+                log.warning("client closed for abuse", extra={"event": "policy_violation", "code": error.code})
+                self.emit_error(error)
+                self.outbox.put_nowait(Close(close_reason(error.message), CLOSE_POLICY_VIOLATION))
+                await asyncio.Event().wait()  # read no more: the sender closes the socket, then run() ends us
             except ProtocolError as error:
                 log.info("client event refused", extra={"event": "protocol_error", "code": error.code})
                 self.emit_error(error, event_id or error.event_id)
@@ -216,6 +244,8 @@ class RealtimeConnection:
             self.emit("voxloop.trace", trace=reply.trace.to_dict())
 
     def _update_session(self, config: ev.SessionConfig) -> None:
+        output = config.audio.output if config.audio else None
+        voice = self._known_voice(output.voice) if output and output.voice is not None else None  # before any change
         if config.instructions is not None:
             self.session.instructions = config.instructions or None
         audio = config.audio
@@ -231,9 +261,20 @@ class RealtimeConnection:
                     self._retune_vad(detection)
         if audio and audio.output:
             self.out_rate = ev.check_rate(audio.output.format, self.out_rate)
+            self.session.voice = voice or self.session.voice
         if config.voxloop is not None:
             self.binary = config.voxloop.binary_audio
         self.emit("session.updated", session=self.describe())
+
+    def _known_voice(self, name: str) -> str:
+        if self.voices is not None and self.voices.get(name) is None:
+            known = ", ".join(self.voices.names())
+            raise ProtocolError(
+                "invalid_value",
+                f"unknown voice {name!r}: use one of {known} (GET /api/voices)",
+                param="session.audio.output.voice",
+            )
+        return name
 
     def _retune_vad(self, detection: ev.TurnDetection) -> None:
         vad = next((stage for stage in self.graph.stages if isinstance(stage, VadStage)), None)
@@ -269,10 +310,13 @@ class RealtimeConnection:
                     "format": {"type": "audio/pcm", "rate": self.in_rate},
                     "turn_detection": detection if self.server_vad else None,
                 },
-                "output": {"format": {"type": "audio/pcm", "rate": self.out_rate}, "voice": "default"},
+                "output": {"format": {"type": "audio/pcm", "rate": self.out_rate}, "voice": self._voice_name()},
             },
-            "voxloop": {"binary_audio": self.binary},
+            "voxloop": {"binary_audio": self.binary, "mode": self.engines.settings.mode},
         }
+
+    def _voice_name(self) -> str:
+        return self.session.voice or (self.voices.default if self.voices else None) or "default"
 
     async def _binary_audio(self, data: bytes) -> None:
         if not self.binary:
@@ -283,12 +327,16 @@ class RealtimeConnection:
         await self._audio(ev.decode_pcm(data))
 
     async def _audio(self, pcm: PCM16) -> None:
-        inner = pcm if self.in_rate == INNER_RATE else self.inbound.push(pcm)
+        await self.inner_audio(pcm if self.in_rate == INNER_RATE else self.inbound.push(pcm))
+
+    async def inner_audio(self, inner: PCM16) -> None:
+        """Microphone audio already at the inner rate (16 kHz): a WebRTC track's, or resampled events'."""
         if not len(inner):
             return
         if self.server_vad:
             await self.graph.push(self.session.make(AudioInput, pcm=inner))
         else:
+            self.limits.check_turn_audio(sum(map(len, self.manual_audio)) + len(inner), INNER_RATE)
             self.manual_audio.append(inner)
 
     async def _commit(self) -> None:
@@ -323,6 +371,7 @@ class RealtimeConnection:
 
     async def _on_frame(self, frame: Frame) -> None:
         if isinstance(frame, SpeechStarted):
+            self._flush_audio()  # a reply still playing out of the server's track stops at once
             self._user_item_started()
             self.speech_start_ms = round(frame.audio_offset_s * 1000)
             self.emit("input_audio_buffer.speech_started", audio_start_ms=self.speech_start_ms, item_id=self.user_item)
@@ -348,14 +397,62 @@ class RealtimeConnection:
             self._finish_reply("completed", frame.text)
         elif isinstance(frame, Interrupt):
             if self.reply is not None:
-                self.emit("output_audio_buffer.cleared", response_id=self.reply.response_id)
+                if self.audio_out is None:  # with an AudioOut, _flush_audio said it when it cut the track
+                    self.emit("output_audio_buffer.cleared", response_id=self.reply.response_id)
                 self._finish_reply("cancelled", " ".join(text for text, _ in self.reply.chunks))
+        elif isinstance(frame, WakeWordDetected):
+            self._wake_word(frame)
         elif isinstance(frame, ErrorFrame):
             self.recorder.error(frame.stage)
             self.outbox.put_nowait(ev.error_event("stage_error", f"{frame.stage}: {frame.message}"))
 
+    def _wake_word(self, frame: WakeWordDetected) -> None:
+        settings = self.engines.settings
+        ack = chime(self.out_rate) if frame.woke and settings.kiosk_mode and settings.kiosk.ack_sound else None
+        audio_end_ms = round(frame.audio_end_s * 1000)
+        self.outbox.put_nowait(ev.wake_word_event(frame.word, frame.score, audio_end_ms, frame.woke, ack))
+
+    def _reply_plays_until(self, reply: Reply) -> None:
+        """Kiosk: the follow-up window opens when the client has played the reply, not when it was sent."""
+        wake = next((stage for stage in self.graph.stages if isinstance(stage, WakeStage)), None)
+        first_sent = reply.trace.marks.get("first_audio_sent")
+        if wake is not None and wake.kiosk is not None and first_sent is not None:
+            wake.kiosk.played_until(first_sent + round(reply.audio_ms * 1e6))
+
     async def _interrupted(self, epoch: int, reason: str) -> None:
         self.recorder.interrupted(reason)
+        self._flush_audio()
+
+    # -- reply audio through an AudioOut (WebRTC) -----------------------------------------
+
+    def _flush_audio(self) -> None:
+        """Cut the reply audio queued in the AudioOut; truncate the reply to what had left (as OpenAI does)."""
+        key = self.audio_out.flush() if self.audio_out is not None else None
+        reply = self._reply_by_id(key)
+        if self.audio_out is None or key is None or reply is None:
+            return
+        sent_ms = self.audio_out.sent_ms(key)
+        self.emit("output_audio_buffer.cleared", response_id=key)
+        if sent_ms > 0:
+            self.session.truncate_reply(reply.heard_text(sent_ms))
+            end_ms = round(sent_ms)
+            self.emit("conversation.item.truncated", item_id=reply.item_id, content_index=0, audio_end_ms=end_ms)
+
+    def _reply_by_id(self, response_id: str | None) -> Reply | None:
+        return next((r for r in (self.reply, self.last_reply) if r and r.response_id == response_id), None)
+
+    def audio_started(self, response_id: str) -> None:
+        """The AudioOut handed out the reply's first audio: that is when it was sent (first_audio_sent)."""
+        self.emit("output_audio_buffer.started", response_id=response_id)
+        reply = self._reply_by_id(response_id)
+        if reply is None or not reply.trace.mark("first_audio_sent", self.session.now_ns(), replace=True):
+            return
+        if reply is self.last_reply and reply.trace.marks:  # its trace went out already: send the true one
+            self.emit("voxloop.trace", trace=reply.trace.to_dict())
+
+    def audio_stopped(self, response_id: str) -> None:
+        """The AudioOut played the reply's last audio."""
+        self.emit("output_audio_buffer.stopped", response_id=response_id)
 
     def _user_item_started(self) -> None:
         self.user_item = ev.new_id("item")
@@ -384,6 +481,9 @@ class RealtimeConnection:
             delta = (" " if len(reply.chunks) > 1 else "") + frame.chunk_text
             self.emit("response.output_audio_transcript.delta", delta=delta, **ids)
         reply.audio_ms += frame.duration_s * 1000
+        if self.audio_out is not None:
+            self.audio_out.write(reply.response_id, frame.pcm, self.tts_rate)
+            return
         pcm = reply.resampler.push(frame.pcm) if reply.resampler else frame.pcm
         if self.binary:
             self.outbox.put_nowait(pcm.astype("<i2").tobytes())
@@ -393,6 +493,8 @@ class RealtimeConnection:
     def _finish_reply(self, status: str, text: str) -> None:
         reply = self.reply or self._start_reply()
         ids = reply.ids
+        if self.audio_out is not None:
+            self.audio_out.end(reply.response_id)
         if status == "completed":
             self.emit("response.output_audio.done", **ids)
             self.emit("response.output_audio_transcript.done", transcript=text, **ids)
@@ -404,5 +506,7 @@ class RealtimeConnection:
             self.emit("voxloop.trace", trace=reply.trace.to_dict())
             self.recorder.reply_finished(reply.trace, text)
         self.last_reply, self.reply = reply, None
+        if status == "completed":
+            self._reply_plays_until(reply)
         if self.session.state is State.SPEAKING:
             self.session.state = State.LISTENING

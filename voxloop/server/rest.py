@@ -1,10 +1,9 @@
-"""REST API: health, public settings, one-shot transcription and synthesis, voices.
+"""REST API: health, public settings, one-shot transcription and synthesis (voices: voices_api.py).
 
     GET  /healthz          per-stage readiness; "degraded" names what is wrong; 503 while models load
     GET  /api/config       the public settings: the API key's variable name, never its value
     POST /api/transcribe   multipart field `file` (any container FFmpeg reads) → text
     POST /api/synthesize   {"text", "voice"?, "rate"?} → audio/wav (PCM16 mono)
-    GET  /api/voices       the voices /api/synthesize accepts
 
 Nothing blocks the loop: uploads are read as a stream (and cut off at the size limit), decoding
 runs in a thread, Whisper and Piper in their models' workers. Those workers are the ones the
@@ -14,14 +13,13 @@ realtime sessions use, so a REST call takes its turn with them rather than compe
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import io
 import logging
 import os
 import time
 import wave
 from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -29,19 +27,26 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import numpy as np
 from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from voxloop import __version__
 from voxloop.pipeline.audio import decode_audio, resample
 from voxloop.pipeline.config import (
+    LimitsSettings,
     LlmSettings,
     Settings,
+    TtsSettings,
 )
+from voxloop.pipeline.errors import TransientError
 from voxloop.pipeline.frames import PCM16
 from voxloop.server.schemas import (
     ErrorBody,
     Health,
+    LastSpoke,
     LlmHealth,
     PublicConfig,
     Stages,
@@ -49,28 +54,38 @@ from voxloop.server.schemas import (
     SynthesizeRequest,
     Transcription,
     TtsHealth,
+    TtsProviderHealth,
     VadHealth,
-    Voice,
-    Voices,
     WakeHealth,
 )
 
 if TYPE_CHECKING:
     from voxloop.engine import Engines
-    from voxloop.stages.tts.piper import PiperEngine
+    from voxloop.stages.tts.router import VoiceRouter
 
 log = logging.getLogger(__name__)
 
 router = APIRouter()
 
 STT_RATE = 16000
-MAX_UPLOAD_BYTES = 25 * 1024 * 1024
+MAX_UPLOAD_BYTES: int = LimitsSettings.model_fields["max_upload_bytes"].default  # the default of the setting
 MULTIPART_SLACK = 64 * 1024  # room for the form's boundaries and part headers around the file
 MAX_AUDIO_S = 300.0
 OUTPUT_RATES = (16000, 24000, 48000)
 PROBE_TIMEOUT_S = 1.0
 PROBE_TTL_S = 3.0
 FORMATS_HINT = "upload a recording FFmpeg reads (WAV, FLAC, OGG/Opus, MP3, M4A, WebM)"
+
+
+async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    """A body or query that failed validation: one readable sentence in `detail` (as every other
+    error here), the itemised problems in `errors`."""
+    assert isinstance(exc, RequestValidationError)
+    problems = jsonable_encoder(exc.errors())
+    where = [".".join(str(part) for part in e["loc"] if part != "body") or "body" for e in problems]
+    said = "; ".join(f"{at}: {e['msg']}" for at, e in zip(where, problems, strict=True))
+    body = ErrorBody(detail=f"the request is not valid: {said}", errors=problems)
+    return JSONResponse(body.model_dump(mode="json"), status_code=422)
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -166,9 +181,7 @@ async def _stages(request: Request, engines: Engines) -> Stages:
         vad=VadHealth(ready=True),
         stt=SttHealth(ready=True, model=s.stt.model, language=s.stt.language),
         llm=await _llm_health(request, s.llm),
-        tts=TtsHealth(
-            ready=True, engine=s.tts.engine, voice=voice_name(s.tts.voice), sample_rate=engines.tts.sample_rate
-        ),
+        tts=tts_health(engines),
         wake=wake,
     )
 
@@ -193,6 +206,7 @@ async def healthz(request: Request, response: Response) -> Health:
         for name, stage in (("vad", stages.vad), ("stt", stages.stt), ("llm", stages.llm), ("tts", stages.tts))
         if not stage.ready
     ]
+    problems += [f"tts: {problem}" for problem in stages.tts.problems]
     if stages.wake.enabled and not stages.wake.ready:
         problems.append(f"wake: {stages.wake.reason}")
     status: Literal["ok", "degraded"] = "degraded" if problems else "ok"
@@ -224,8 +238,23 @@ async def public_config(request: Request) -> PublicConfig:
         stt=s.stt,
         llm=llm,
         chunker=s.chunker,
-        tts=s.tts,
+        tts=public_tts(s.tts),
     )
+
+
+def public_tts(tts: TtsSettings) -> TtsSettings:
+    """tts.* without credentials in the cloud URLs and without local paths (cache dir, references)."""
+    clouds = {name: getattr(tts, name) for name in ("openai", "elevenlabs", "google")}
+    update: dict[str, Any] = {
+        name: cloud.model_copy(update={"base_url": public_url(cloud.base_url)}) for name, cloud in clouds.items()
+    }
+    update["cache"] = tts.cache.model_copy(update={"dir": None})
+    update["voices"] = [voice.model_copy(update={"reference": None}) for voice in tts.voices]
+    if tts.xtts is not None:  # its checkpoint and cache directories are local paths
+        update["xtts"] = {
+            key: value for key, value in tts.xtts.items() if not (isinstance(value, str) and "/" in value)
+        }
+    return tts.model_copy(update=update)
 
 
 # --- transcribe -----------------------------------------------------------------------------
@@ -242,8 +271,8 @@ _UPLOAD_BODY: dict[str, Any] = {
                         "file": {
                             "type": "string",
                             "format": "binary",
-                            "description": f"an audio file, at most {MAX_UPLOAD_BYTES // 2**20} MB "
-                            f"and {MAX_AUDIO_S / 60:g} minutes, in any container FFmpeg reads",
+                            "description": f"an audio file, at most {MAX_UPLOAD_BYTES >> 20} MB "
+                            f"(limits.max_upload_bytes) and {MAX_AUDIO_S / 60:g} minutes, in a container FFmpeg reads",
                         }
                     },
                 }
@@ -291,10 +320,11 @@ async def _read_upload(request: Request) -> tuple[str, bytes]:
         raise HTTPException(
             415, "send the audio as multipart/form-data with the file in the field 'file' (curl -F file=@speech.wav)"
         )
-    limit = MAX_UPLOAD_BYTES + MULTIPART_SLACK
+    max_bytes = upload_limit(request)
+    limit = max_bytes + MULTIPART_SLACK
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
-        raise _too_big()
+        raise _too_big(max_bytes)
     parser = MultiPartParser(request.headers, _limited(request.stream(), limit), max_files=1, max_fields=8)
     try:
         form = await parser.parse()
@@ -308,8 +338,8 @@ async def _read_upload(request: Request) -> tuple[str, bytes]:
         filename = upload.filename or "upload"
     finally:
         await form.close()
-    if len(data) > MAX_UPLOAD_BYTES:
-        raise _too_big()
+    if len(data) > max_bytes:
+        raise _too_big(max_bytes)
     if not data:
         raise HTTPException(400, f"{filename!r} is empty: {FORMATS_HINT}")
     return filename, data
@@ -320,13 +350,20 @@ async def _limited(stream: AsyncIterator[bytes], limit: int) -> AsyncGenerator[b
     async for chunk in stream:
         total += len(chunk)
         if total > limit:
-            raise _too_big()
+            raise _too_big(limit - MULTIPART_SLACK)
         yield chunk
 
 
-def _too_big() -> HTTPException:
+def upload_limit(request: Request) -> int:
+    """The largest upload this server takes (limits.max_upload_bytes)."""
+    settings: Settings = request.app.state.settings
+    return settings.limits.max_upload_bytes
+
+
+def _too_big(max_bytes: int) -> HTTPException:
+    size = f"{max_bytes / 2**20:g} MB" if max_bytes >= 2**20 else f"{max_bytes} bytes"
     return HTTPException(
-        413, f"the upload is larger than {MAX_UPLOAD_BYTES // 2**20} MB: send a shorter or compressed recording"
+        413, f"the upload is larger than {size} (limits.max_upload_bytes): send a shorter or compressed recording"
     )
 
 
@@ -357,22 +394,27 @@ async def _decode(filename: str, data: bytes) -> PCM16:
 async def synthesize(body: SynthesizeRequest, request: Request) -> Response:
     """Speak `text` with a voice from /api/voices; returns a WAV file."""
     engines = _engines(request)
-    voices = _voices(engines)
-    name = body.voice or voices[0].name
-    if name not in {voice.name for voice in voices}:
-        known = ", ".join(voice.name for voice in voices)
+    router = engines.tts
+    name = body.voice or router.default_voice
+    if router.voice(name) is None:
+        known = ", ".join(router.voice_names())
         raise HTTPException(404, f"unknown voice {name!r}: use one of {known} (GET /api/voices)")
     started = time.perf_counter()
-    pcm = await _speak(engines.tts, body.text)
+    try:
+        pcm, voice_rate, spoken = await router.speak(body.text, name)
+    except TransientError as exc:
+        raise HTTPException(503, f"{exc}: retry, or pick another voice", headers={"Retry-After": "5"}) from None
     if not len(pcm):
         raise HTTPException(422, "the text holds nothing the voice can speak: give it words")
-    rate = body.rate or engines.tts.sample_rate
-    if rate != engines.tts.sample_rate:
-        pcm = await asyncio.to_thread(resample, pcm, engines.tts.sample_rate, rate)
+    rate = body.rate or voice_rate
+    if rate != voice_rate:
+        pcm = await asyncio.to_thread(resample, pcm, voice_rate, rate)
     extra = {
         "event": "rest_synthesize",
         "chars": len(body.text),
         "voice": name,
+        "spoke": spoken.voice if spoken else None,
+        "provider": spoken.provider if spoken else None,
         "rate": rate,
         "audio_s": round(len(pcm) / rate, 3),
         "ms": round((time.perf_counter() - started) * 1000, 1),
@@ -381,14 +423,12 @@ async def synthesize(body: SynthesizeRequest, request: Request) -> Response:
     return Response(content=wav_bytes(pcm, rate), media_type="audio/wav")
 
 
-async def _speak(engine: PiperEngine, text: str) -> PCM16:
-    """All of `text`'s audio; cancelling (the client left) stops Piper at its next sentence."""
-    blocks = engine.worker.stream(functools.partial(engine.synthesize, text))
-    pieces: list[PCM16] = []
-    async with contextlib.aclosing(blocks):
-        async for block in blocks:
-            pieces.append(block)
-    return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int16)
+async def _speak(tts: VoiceRouter, text: str, voice: str | None = None) -> PCM16:
+    """All of `text`'s audio at `tts.sample_rate` (the built-in voice's); cancelling stops the synthesis."""
+    pcm, rate, _ = await tts.speak(text, voice)
+    if len(pcm) and rate != tts.sample_rate:
+        pcm = await asyncio.to_thread(resample, pcm, rate, tts.sample_rate)
+    return pcm
 
 
 def wav_bytes(pcm: PCM16, rate: int) -> bytes:
@@ -401,18 +441,30 @@ def wav_bytes(pcm: PCM16, rate: int) -> bytes:
     return buffer.getvalue()
 
 
-@router.get("/api/voices", response_model=Voices, responses=_errors(503), tags=["speech"])
-async def voices(request: Request) -> Voices:
-    """The voices /api/synthesize accepts; `default` is the one the realtime sessions speak with."""
-    available = _voices(_engines(request))
-    return Voices(voices=available, default=available[0].name)
-
-
-def _voices(engines: Engines) -> list[Voice]:
-    tts = engines.tts
-    language = str(tts.voice.config.espeak_voice)
-    name = voice_name(engines.settings.tts.voice)
-    return [Voice(name=name, engine="piper", language=language, sample_rate=tts.sample_rate, status="ready")]
+def tts_health(engines: Engines) -> TtsHealth:
+    """The TTS stage: ready while any voice of the default chain can speak; each provider's state,
+    and a problem for each one in backoff (its voices fall back meanwhile)."""
+    router = engines.tts
+    providers = [TtsProviderHealth(**asdict(status)) for status in router.health()]
+    chain = {spec.provider for spec in router.chain()}
+    problems = [
+        f"the {p.name} provider {p.reason or 'failed'}; its voices fall back"
+        + (f" (retry in {p.retry_in_s:.0f} s)" if p.retry_in_s else "")
+        for p in providers
+        if p.state == "unhealthy"
+    ]
+    usable = any(p.state != "unhealthy" for p in providers if p.name in chain)
+    last = router.last_spoke
+    return TtsHealth(
+        ready=usable,
+        reason=None if usable else "no provider of the default voice's chain can speak: see problems",
+        engine=engines.settings.tts.engine,
+        voice=router.default_voice,
+        sample_rate=router.sample_rate,
+        providers=providers,
+        problems=problems,
+        last_spoke=LastSpoke(voice=last.voice, provider=last.provider, fallback=last.fallback) if last else None,
+    )
 
 
 def voice_name(configured: str) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -40,10 +40,31 @@ class LlmHealth(StageHealth):
     base_url: str | None = Field(None, description="openai backend: the server probed, without credentials")
 
 
+class TtsProviderHealth(BaseModel):
+    name: str = Field(description="piper, xtts, openai, elevenlabs or google")
+    state: Literal["idle", "loading", "ready", "unhealthy"] = Field(
+        description="idle: not asked yet; unhealthy: failed, its voices fall back until retry_in_s has passed"
+    )
+    reason: str | None = Field(None, description="the last failure, while unhealthy")
+    retry_in_s: float | None = Field(None, description="seconds until the provider is tried again")
+    requests: int
+    failures: int
+    first_audio_ema_ms: float | None = Field(None, description="moving average of request → first audio")
+
+
+class LastSpoke(BaseModel):
+    voice: str = Field(description="the voice that spoke the most recent speech")
+    provider: str
+    fallback: bool = Field(description="true: another voice of the chain spoke in place of the one asked for")
+
+
 class TtsHealth(StageHealth):
     engine: str
-    voice: str
-    sample_rate: int
+    voice: str = Field(description="the default voice")
+    sample_rate: int = Field(description="the built-in Piper voice's rate")
+    providers: list[TtsProviderHealth] = Field(default_factory=list)
+    problems: list[str] = Field(default_factory=list, description="providers in backoff; the stage still speaks")
+    last_spoke: LastSpoke | None = None
 
 
 class WakeHealth(StageHealth):
@@ -110,12 +131,22 @@ class SynthesizeRequest(BaseModel):
         return text
 
 
+VoiceStatus = Literal["ready", "fallback", "missing"]
+
+
 class Voice(BaseModel):
     name: str
-    engine: Literal["piper"]
+    engine: Literal["piper", "xtts", "openai", "elevenlabs", "google"]
     language: str
-    sample_rate: int
-    status: Literal["ready"]
+    sample_rate: int | None = Field(description="the rate the voice speaks at; null until its engine is loaded")
+    status: VoiceStatus = Field(
+        description="ready: its engine can speak; fallback: its engine is not configured here, so its fallback "
+        "voices speak; missing: its reference recording is gone (DELETE it and upload again)"
+    )
+    builtin: bool = Field(True, description="declared in config.yaml: listed, not changeable through the API")
+    sample: str | None = Field(None, description="URL of the reference recording (cloned voices)")
+    settings: dict[str, Any] = Field(default_factory=dict)
+    fallback: list[str] = Field(default_factory=list, description="the voices that speak when this one cannot")
 
 
 class Voices(BaseModel):
@@ -123,5 +154,101 @@ class Voices(BaseModel):
     default: str
 
 
+# --- voice management (server/voices_api.py) -------------------------------------------------
+
+XTTS_LANGUAGES = (
+    "en", "es", "fr", "de", "it", "pt", "pl", "tr", "ru", "nl", "cs", "ar", "zh-cn", "hu", "ko", "ja", "hi",
+)  # fmt: skip
+
+
+class XttsVoiceSettings(BaseModel):
+    """A cloned voice's synthesis knobs (coqui-tts XTTS v2 inference arguments); unset: the engine's default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float | None = Field(None, gt=0.0, le=2.0, description="sampling temperature (0.75)")
+    length_penalty: float | None = Field(None, ge=-10.0, le=10.0, description="(1.0)")
+    repetition_penalty: float | None = Field(None, ge=1.0, le=50.0, description="(10.0)")
+    top_k: int | None = Field(None, ge=1, le=500, description="(50)")
+    top_p: float | None = Field(None, gt=0.0, le=1.0, description="(0.85)")
+    speed: float | None = Field(None, ge=0.25, le=4.0, description="speaking rate (1.0)")
+
+    def given(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+class VoicePatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    settings: XttsVoiceSettings | None = Field(None, description="merged into the voice's settings")
+    language: str | None = Field(None, description=f"one of {', '.join(XTTS_LANGUAGES)}")
+    fallback: list[str] | None = Field(None, description="names of voices to try, in order, when this one fails")
+
+    @field_validator("language")
+    @classmethod
+    def _language(cls, language: str | None) -> str | None:
+        return check_language(language) if language is not None else None
+
+
+def check_language(language: str) -> str:
+    if language not in XTTS_LANGUAGES:
+        raise ValueError(f"language {language!r} is not one XTTS speaks: use one of {', '.join(XTTS_LANGUAGES)}")
+    return language
+
+
+class VoiceQuality(BaseModel):
+    """What the upload check measured, and its verdict."""
+
+    verdict: Literal["accept", "reject"]
+    code: str | None = Field(
+        description="why rejected: empty, not_audio, corrupt, too_quiet, clipped, music, too_short, too_long"
+    )
+    message: str = Field(description="what was found and what to do")
+    duration_s: float
+    speech_s: float = Field(description="seconds of speech (short pauses inside phrases included)")
+    speech_ratio: float = Field(description="speech_s / duration_s")
+    snr_db: float = Field(description="speech level over the background's (capped at 80)")
+    clipping_ratio: float = Field(description="share of the speech's samples stuck at full scale")
+    loudness_dbfs: float = Field(description="RMS level of the speech, dBFS")
+    peak_dbfs: float
+    voiced_share: float = Field(description="share of the sounding frames that are voice (low: music or noise)")
+    flatness: float = Field(description="median spectral flatness of the sound (low: tonal, e.g. music)")
+    trim_s: tuple[float, float] = Field(description="the span kept as the reference: first to last speech")
+    warnings: list[str] = Field(default_factory=list)
+
+
+class VoiceCreated(BaseModel):
+    voice: Voice
+    quality: VoiceQuality
+
+
+class VoiceRejected(BaseModel):
+    detail: str = Field(description="what was wrong and what to do")
+    code: str | None = Field(
+        None,
+        description="why the recording was refused: empty, not_audio, corrupt, too_quiet, clipped, music, "
+        "too_short or too_long; null when the request itself was wrong (name, settings, size, a taken name)",
+    )
+    quality: VoiceQuality | None = Field(None, description="the measures, when the audio could be decoded")
+
+
+class PreviewRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(
+        "Hello! This is how I sound. Shall we talk?", min_length=1, max_length=500, description="the words to speak"
+    )
+
+    @field_validator("text")
+    @classmethod
+    def _has_words(cls, text: str) -> str:
+        if not text.strip():
+            raise ValueError("text is blank: give the words to speak")
+        return text
+
+
 class ErrorBody(BaseModel):
     detail: str = Field(description="what was wrong and what to do")
+    errors: list[dict[str, Any]] | None = Field(
+        None, description="for a request that failed validation: each problem with its location (loc) and message"
+    )

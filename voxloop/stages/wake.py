@@ -23,9 +23,10 @@ import numpy as np
 from openwakeword.model import Model as OwwModel
 
 from voxloop.pipeline.assets import resolve_model
-from voxloop.pipeline.config import WakeSettings, WakeWord
+from voxloop.pipeline.config import KioskSettings, WakeSettings, WakeWord
 from voxloop.pipeline.errors import AssetError, ConfigError
 from voxloop.pipeline.frames import PCM16, AudioInput, Frame, WakeWordDetected
+from voxloop.pipeline.kiosk import KioskController
 from voxloop.pipeline.session import Session, State
 from voxloop.pipeline.stage import StageBase
 from voxloop.pipeline.workers import ModelWorker
@@ -92,9 +93,13 @@ class WakeModels:
         return spare or self._new()
 
     def _new(self) -> WakeDetector:
+        return WakeDetector(self.load_model(), self._by_key, self._refractory)
+
+    def load_model(self) -> Any:
+        """A fresh openWakeWord model of the configured words (it holds one stream's buffers)."""
         paths = [str(word.path) for word in self.words]
         try:
-            model = OwwModel(
+            return OwwModel(
                 wakeword_models=paths,
                 inference_framework="onnx",
                 melspec_model_path=str(self._melspec),
@@ -106,7 +111,6 @@ class WakeModels:
                 f"{self._embedding.name}: {exc}; check the files are openWakeWord .onnx models, or "
                 f"fetch them again with `voxloop models fetch --force`"
             ) from exc
-        return WakeDetector(model, self._by_key, self._refractory)
 
     def close(self) -> None:
         self.worker.shutdown()
@@ -212,11 +216,11 @@ class WakeGate:
     Asleep, nothing passes. `wake(at)` opens the gate `tail_s` after sample `at`: the wake
     word, heard before the detection and for a moment after it, stays out of the turn. The
     gate closes once `awake_s` seconds of audio go by with no activity (a turn in progress);
-    `admit` reports activity.
+    `admit` reports activity. With `awake_s=None` only `sleep()` closes it (kiosk mode).
     """
 
-    def __init__(self, awake_s: float, *, tail_s: float = WAKE_TAIL_S, sample_rate: int = SAMPLE_RATE) -> None:
-        self._awake_samples = round(awake_s * sample_rate)
+    def __init__(self, awake_s: float | None, *, tail_s: float = WAKE_TAIL_S, sample_rate: int = SAMPLE_RATE) -> None:
+        self._awake_samples = None if awake_s is None else round(awake_s * sample_rate)
         self._tail_samples = round(tail_s * sample_rate)
         self.awake = False
         self._opened_at = 0  # first sample that may pass
@@ -231,6 +235,10 @@ class WakeGate:
         self._opened_at = self._last_active = at_sample + self._tail_samples
         return True
 
+    def sleep(self) -> None:
+        """Close the gate now (kiosk mode decides when, on the session clock)."""
+        self.awake = False
+
     def admit(self, start: int, end: int, *, active: bool) -> tuple[int, int]:
         """The part [lo, hi) of the audio [start, end) that passes (lo == hi: none).
 
@@ -241,6 +249,8 @@ class WakeGate:
         if active:
             self._last_active = max(self._last_active, end)
         lo = min(max(start, self._opened_at), end)
+        if self._awake_samples is None:  # closed by sleep() alone
+            return lo, end
         closes_at = self._last_active + self._awake_samples
         if closes_at <= end:
             self.awake = False
@@ -252,16 +262,25 @@ class WakeGate:
 
 
 class WakeStage(StageBase):
-    """Passes AudioInput only while awake; announces each wake word with WakeWordDetected."""
+    """Passes AudioInput only while awake; announces each wake word with WakeWordDetected.
+
+    With `kiosk` settings a KioskController decides when the session sleeps again (follow-up
+    window, goodbye) on the session clock, and clears the history after an idle spell.
+    """
 
     name = "wake"
     handles = (AudioInput,)
 
-    def __init__(self, session: Session, settings: WakeSettings, models: WakeModels) -> None:
+    def __init__(
+        self, session: Session, settings: WakeSettings, models: WakeModels, kiosk: KioskSettings | None = None
+    ) -> None:
         self.session = session
         self.settings = settings
         self._models = models
-        self._gate = WakeGate(settings.awake_s)
+        self._gate = WakeGate(None if kiosk else settings.awake_s)
+        self.kiosk = (
+            KioskController(session, kiosk, awake_s=settings.awake_s, on_sleep=self._fall_asleep) if kiosk else None
+        )
         self._detector: WakeDetector | None = None
         self._position = 0  # samples received
 
@@ -269,8 +288,12 @@ class WakeStage(StageBase):
         self.session.state = State.ASLEEP
         if self._detector is None:
             self._detector = await self._models.worker.run(self._models.new_detector)
+        if self.kiosk is not None:
+            await self.kiosk.start()
 
     async def close(self) -> None:
+        if self.kiosk is not None:
+            await self.kiosk.close()
         self._detector = None
 
     async def process(self, frame: Frame) -> AsyncIterator[Frame]:
@@ -282,16 +305,24 @@ class WakeStage(StageBase):
         self._position += len(frame.pcm)
         for detection in await self._models.worker.run(self._detector.feed, frame.pcm):
             yield self._woken(detection)
+        if self.kiosk is not None:
+            self.kiosk.tick()
         was_awake = self._gate.awake
         lo, hi = self._gate.admit(start, self._position, active=was_awake and self._in_turn())
         if hi > lo:
             yield self._slice(frame, lo - start, hi - start)
         if was_awake and not self._gate.awake:
-            self.session.state = State.ASLEEP
-            log.info("wake gate asleep", extra={"event": "wake_asleep", "turn": self.session.turn_id})
+            self._fall_asleep()
+
+    def _fall_asleep(self) -> None:
+        self._gate.sleep()
+        self.session.state = State.ASLEEP
+        log.info("wake gate asleep", extra={"event": "wake_asleep", "turn": self.session.turn_id})
 
     def _woken(self, detection: Detection) -> Frame:
         woke = self._gate.wake(detection.end_sample)
+        if self.kiosk is not None:
+            self.kiosk.woke()
         if woke:
             self.session.state = State.LISTENING
         log.info(
@@ -303,7 +334,13 @@ class WakeStage(StageBase):
                 "woke": woke,
             },
         )
-        return self.session.make(WakeWordDetected, word=detection.word, score=detection.score)
+        return self.session.make(
+            WakeWordDetected,
+            word=detection.word,
+            score=detection.score,
+            audio_end_s=detection.end_sample / SAMPLE_RATE,
+            woke=woke,
+        )
 
     def _in_turn(self) -> bool:
         """Is a turn in progress: the assistant replying, or the user mid-utterance?"""

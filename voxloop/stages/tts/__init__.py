@@ -1,20 +1,24 @@
-"""Text to speech: the engine contract, and the one streaming stage every engine shares.
+"""Text to speech: the one streaming stage every voice shares.
 
-    ReplyChunk ─► engine.synthesize (in the engine's ModelWorker) ─► resample ─► fixed frames
-               ─► AudioOutput × n
+    ReplyChunk ─► VoiceRouter.stream(text, voice) ─► resample ─► fixed frames ─► AudioOutput × n
+                  (router.py: fallback chain, deadlines, health, cache; providers: piper.py, cloud/, xtts)
 
-An engine (Piper here; XTTS or a cloud voice later) only turns text into PCM blocks at its own
-rate, as soon as it has them. The stage streams those blocks out of the worker, so cancelling
-the stage (barge-in) stops synthesis at the engine's next block, resamples them to the
-session's output rate and cuts them into frames of `frame_ms` for the transport.
+Providers turn text into PCM blocks at their own rate, as soon as they have them. The stage
+streams those blocks, so cancelling it (barge-in) stops synthesis at the provider's next
+block; it resamples them to the session's output rate (a new resampler whenever the rate
+changes: a fallback voice may speak at another) and cuts them into frames of `frame_ms`. The
+trace notes which voice and provider spoke (`tts_voice`, `tts_provider`, `tts_fallback`).
+
+A bare TtsEngine (one blocking voice, e.g. a PiperEngine) is still accepted in place of the
+router, for tests and tools that need no fallback.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import AsyncIterator, Iterator
-from typing import Protocol
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -25,9 +29,19 @@ from voxloop.pipeline.session import Session
 from voxloop.pipeline.stage import StageBase
 from voxloop.pipeline.workers import ModelWorker
 
+if TYPE_CHECKING:
+    from voxloop.stages.tts.router import Spoken
 
+
+class Speaker(Protocol):
+    """What the stage speaks through: the VoiceRouter (router.py)."""
+
+    def stream(self, text: str, voice: str | None = None) -> AsyncGenerator[Spoken, None]: ...
+
+
+@runtime_checkable
 class TtsEngine(Protocol):
-    """A loaded voice, shared by every session."""
+    """A single loaded voice, shared by every session (the stage wraps it as a Speaker)."""
 
     @property
     def sample_rate(self) -> int: ...
@@ -91,39 +105,82 @@ def frame_samples(rate: int, frame_ms: int) -> int:
 # --- the stage ------------------------------------------------------------------------------
 
 
+class EngineSpeaker:
+    """A TtsEngine as a Speaker: its blocks streamed out of its worker, under one fixed name."""
+
+    def __init__(self, engine: TtsEngine, name: str = "engine") -> None:
+        self.engine, self.name = engine, name
+
+    async def stream(self, text: str, voice: str | None = None) -> AsyncGenerator[Spoken, None]:
+        from voxloop.stages.tts.router import Spoken
+
+        blocks = self.engine.worker.stream(functools.partial(self.engine.synthesize, text))
+        async with contextlib.aclosing(blocks):
+            async for pcm in blocks:
+                yield Spoken(pcm, self.engine.sample_rate, voice or self.name, self.name)
+
+
 class TtsStage(StageBase):
     """ReplyChunk → AudioOutput frames of `settings.frame_ms` at `output_sample_rate`.
 
-    ReplyDone is not handled: the runner forwards it after the audio of the last chunk. All
-    partial state (resampler, unsent samples) lives in the running `process` call, which the
-    runner cancels on interrupt, so `reset` has nothing left to drop.
+    The voice is the session's (`session.voice`, which a client sets with session.update),
+    else `voice`, else the router's default. ReplyDone is not handled: the runner forwards
+    it after the audio of the last chunk. All partial state (resampler, unsent samples) lives
+    in the running `process` call, which the runner cancels on interrupt, so `reset` has
+    nothing left to drop.
     """
 
     name = "tts"
     handles: tuple[type[Frame], ...] = (ReplyChunk,)
 
-    def __init__(self, session: Session, settings: TtsSettings, engine: TtsEngine, output_sample_rate: int) -> None:
+    def __init__(
+        self,
+        session: Session,
+        settings: TtsSettings,
+        speech: Speaker | TtsEngine,
+        output_sample_rate: int,
+        *,
+        voice: str | None = None,
+    ) -> None:
         self.session = session
         self.settings = settings
-        self.engine = engine
+        self.speech: Speaker = EngineSpeaker(speech) if isinstance(speech, TtsEngine) else speech
         self.output_sample_rate = output_sample_rate
         self.frame_samples = frame_samples(output_sample_rate, settings.frame_ms)
+        self.voice = voice
 
     async def process(self, frame: Frame) -> AsyncIterator[Frame]:
         if not isinstance(frame, ReplyChunk) or not frame.text.strip():
             return
-        audio = ChunkAudio(self.engine.sample_rate, self.output_sample_rate, self.frame_samples)
-        first = True
-        blocks = self.engine.worker.stream(functools.partial(self.engine.synthesize, frame.text))
+        audio: ChunkAudio | None = None
+        rate, first = 0, True
+        blocks = self.speech.stream(frame.text, self.session.voice or self.voice)
         # aclosing: when this generator is closed or cancelled, the synthesis stops now.
         async with contextlib.aclosing(blocks):
-            async for block in blocks:
-                for pcm in audio.push(block):
+            async for spoken in blocks:
+                if audio is None or spoken.sample_rate != rate:
+                    tail = audio.finish() if audio is not None else []
+                    audio, rate = (
+                        ChunkAudio(spoken.sample_rate, self.output_sample_rate, self.frame_samples),
+                        spoken.sample_rate,
+                    )
+                    self._note(spoken)
+                    for pcm in tail:
+                        yield self._output(pcm, frame, first)
+                        first = False
+                for pcm in audio.push(spoken.pcm):
                     yield self._output(pcm, frame, first)
                     first = False
-        for pcm in audio.finish():
+        for pcm in audio.finish() if audio is not None else []:
             yield self._output(pcm, frame, first)
             first = False
+
+    def _note(self, spoken: Spoken) -> None:
+        """The trace says who spoke the turn's first chunk, and whether anything fell back."""
+        notes = self.session.trace.notes
+        notes.setdefault("tts_voice", spoken.voice)
+        notes.setdefault("tts_provider", spoken.provider)
+        notes["tts_fallback"] = bool(notes.get("tts_fallback")) or spoken.fallback
 
     def _output(self, pcm: PCM16, chunk: ReplyChunk, first: bool) -> AudioOutput:
         if first:

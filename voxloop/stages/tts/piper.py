@@ -3,27 +3,36 @@
 Piper phonemises the whole text first, then runs the model sentence by sentence; each
 sentence's audio is yielded as soon as it exists, so the first words of a long chunk are
 heard while the rest is still being synthesised. Note: piper-tts is GPL-3.0.
+
+PiperEngine is one loaded voice (a TtsEngine); PiperProvider is the router's SpeechProvider:
+any number of voices, each .onnx loaded once on first use and shared by every voice name that
+uses it, with each voice's own speed and noise settings and its own sample rate.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import logging
-from collections.abc import Iterator
+import math
+from collections.abc import AsyncGenerator, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from piper import PiperVoice, SynthesisConfig
 
 from voxloop.pipeline.config import TtsSettings
-from voxloop.pipeline.errors import AssetError
+from voxloop.pipeline.errors import AssetError, InputError
 from voxloop.pipeline.frames import PCM16
 from voxloop.pipeline.workers import ModelWorker
 from voxloop.stages.tts import TtsEngine, TtsStage
+from voxloop.stages.tts.voice import PcmBlock, ProviderName, VoiceSpec
 
 if TYPE_CHECKING:
     from voxloop.pipeline.assets import AssetStore
 
-__all__ = ["PiperEngine", "TtsEngine", "TtsStage", "load_piper", "resolve_voice"]
+__all__ = ["PiperEngine", "PiperProvider", "TtsEngine", "TtsStage", "load_piper", "resolve_voice"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +62,11 @@ class PiperEngine:
 def load_piper(settings: TtsSettings, store: AssetStore) -> PiperEngine:
     """Load the voice `settings.voice` names (blocking; call once at startup)."""
     model = resolve_voice(settings.voice, store)
+    return PiperEngine(load_voice_file(model, settings.voice), settings, name=model.stem)
+
+
+def load_voice_file(model: Path, configured: str) -> PiperVoice:
+    """Blocking: a Piper .onnx with its .onnx.json beside it; AssetError says what is missing or broken."""
     config = model.with_name(model.name + ".json")
     if not config.is_file():
         raise AssetError(f"Piper voice {model} has no config beside it: put {config.name} in {model.parent}")
@@ -60,12 +74,12 @@ def load_piper(settings: TtsSettings, store: AssetStore) -> PiperEngine:
         voice = PiperVoice.load(model, config_path=config)
     except Exception as exc:
         raise AssetError(
-            f"cannot load the Piper voice tts.voice = {settings.voice!r} from {model}: {exc}. "
+            f"cannot load the Piper voice {configured!r} from {model}: {exc}. "
             "The .onnx file may be damaged: fetch it again."
         ) from exc
     extra = {"event": "tts_model_loaded", "voice": model.stem, "sample_rate": voice.config.sample_rate}
     log.info("piper voice loaded", extra=extra)
-    return PiperEngine(voice, settings, name=model.stem)
+    return voice
 
 
 def resolve_voice(voice: str, store: AssetStore) -> Path:
@@ -85,3 +99,71 @@ def resolve_voice(voice: str, store: AssetStore) -> Path:
     if not model.is_file():
         raise AssetError(f"the voice asset piper-{name} lacks {model.name}; fetch it again")
     return model
+
+
+# --- the router's provider ------------------------------------------------------------------
+
+SETTING_KEYS = ("length_scale", "noise_scale", "noise_w", "speed")
+
+
+class PiperProvider:
+    """Every Piper voice (a SpeechProvider): models loaded lazily, once each, in one worker."""
+
+    name: ProviderName = "piper"
+
+    def __init__(self, settings: TtsSettings, store: AssetStore) -> None:
+        self.settings, self.store = settings, store
+        self.worker = ModelWorker("tts-piper")
+        self._voices: dict[Path, PiperVoice] = {}
+        self._lock = asyncio.Lock()
+
+    async def voice(self, model: str | None) -> PiperVoice:
+        """The loaded voice for a VoiceSpec.model (default: tts.voice); loads it on first use."""
+        configured = model or self.settings.voice
+        path = await self.worker.run(resolve_voice, configured, self.store)
+        async with self._lock:
+            if path not in self._voices:
+                self._voices[path] = await self.worker.run(load_voice_file, path, configured)
+            return self._voices[path]
+
+    def synthesis_config(self, voice: VoiceSpec) -> SynthesisConfig:
+        """The voice's settings over tts.*: length_scale (or speed = 1 / length_scale), noise_scale, noise_w."""
+        knobs = _knobs(voice.name, voice.settings)
+        length = knobs.get("length_scale", self.settings.length_scale)
+        if "speed" in knobs:
+            length = 1.0 / knobs["speed"]
+        return SynthesisConfig(
+            length_scale=length,
+            noise_scale=knobs.get("noise_scale", self.settings.noise_scale),
+            noise_w_scale=knobs.get("noise_w", self.settings.noise_w),
+        )
+
+    async def stream(self, text: str, voice: VoiceSpec) -> AsyncGenerator[PcmBlock, None]:
+        config = self.synthesis_config(voice)
+        loaded = await self.voice(voice.model)
+        rate = int(loaded.config.sample_rate)
+        blocks = self.worker.stream(functools.partial(_synthesize, loaded, text, config))
+        async with contextlib.aclosing(blocks):
+            async for pcm in blocks:
+                yield PcmBlock(pcm, rate)
+
+    async def aclose(self) -> None:
+        self.worker.shutdown()
+
+
+def _synthesize(voice: PiperVoice, text: str, config: SynthesisConfig) -> Iterator[PCM16]:
+    for chunk in voice.synthesize(text, config):
+        yield chunk.audio_int16_array
+
+
+def _knobs(name: str, settings: Mapping[str, Any]) -> dict[str, float]:
+    unknown = sorted(set(settings) - set(SETTING_KEYS))
+    if unknown:
+        raise InputError(f"voice {name!r}: unknown Piper settings {unknown}; known: {', '.join(SETTING_KEYS)}")
+    knobs: dict[str, float] = {}
+    for key, value in settings.items():
+        number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        if not number or value < 0 or (value == 0 and not key.startswith("noise")):
+            raise InputError(f"voice {name!r}: {key} = {value!r} must be a positive number")
+        knobs[key] = float(value)
+    return knobs
