@@ -152,3 +152,13 @@ def test_normalise() -> None:
 )
 def test_reads_finished_only_for_closed_sentences(text: str, finished: bool) -> None:
     assert reads_finished(text) is finished
+
+
+def test_the_encoder_window_is_the_audio_plus_a_margin_between_the_floor_and_30_s() -> None:
+    from voxloop.stages.stt import window_s
+
+    settings = SttSettings()  # window_min_s 10, window_margin_s 3
+    assert window_s(2.0, settings) == 10.0  # short utterances: the floor (shorter floors loop)
+    assert window_s(9.5, settings) == 12.5
+    assert window_s(29.0, settings) == 30.0  # never past Whisper's window
+    assert window_s(2.0, SttSettings(window_min_s=0)) == 30.0  # 0: the full window always

@@ -107,6 +107,10 @@ class SttSettings(Section):
     compute_type: str = "int8"
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     threads: int = Field(0, ge=0, description="0: let CTranslate2 decide")
+    window_min_s: float = Field(
+        10.0, ge=0.0, le=30.0, description="shortest encoder window (see stages/stt.py); 0: Whisper's full 30 s"
+    )
+    window_margin_s: float = Field(3.0, ge=0.0, le=30.0, description="silence left in the window after the audio")
     no_speech_threshold: float = Field(0.6, ge=0.0, le=1.0)
     logprob_threshold: float = Field(-1.0, le=0.0)
     phantom_phrases: list[str] = Field(
