@@ -176,13 +176,30 @@ def run(deltas: list[str], settings: ChunkerSettings | None = None) -> list[str]
     return chunks + chunker.flush()
 
 
+BOUNDARIES_ONLY = ChunkerSettings(first_clause_max_words=0)  # the cases test where text may be cut
+
+
 @pytest.mark.parametrize(("reply", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_chunks_whole_and_streamed(reply: str, expected: list[str]) -> None:
-    assert run([reply]) == expected
-    assert run(word_tokens(reply)) == expected
-    assert run(list(reply)) == expected
+    assert run([reply], BOUNDARIES_ONLY) == expected
+    assert run(word_tokens(reply), BOUNDARIES_ONLY) == expected
+    assert run(list(reply), BOUNDARIES_ONLY) == expected
     for seed in range(5):
-        assert run(random_deltas(reply, seed)) == expected, f"seed {seed}"
+        assert run(random_deltas(reply, seed), BOUNDARIES_ONLY) == expected, f"seed {seed}"
+
+
+def test_a_long_first_sentence_goes_after_first_clause_max_words() -> None:
+    reply = "My favourite season of the year is autumn because of the colours. I love it."
+    expected = ["My favourite season of the year is", "autumn because of the colours.", "I love it."]
+    for deltas in ([reply], word_tokens(reply), list(reply)):
+        assert run(deltas) == expected  # seven words, cut at a word's end, however the text streams
+    # never after a word a phrase goes on from ("of", "the", "in"): the cut waits for the next word
+    assert run(word_tokens("So I went to a shop in the town yesterday and bought bread."))[0] == (
+        "So I went to a shop in the town"
+    )
+    assert run(word_tokens("Yes, it is a quarter past four.")) == ["Yes, it is a quarter past four."]  # 7 words
+    # "Of course," is too short to go alone; the cap cannot know the sentence ends one word later
+    assert run(word_tokens("Of course, it is a quarter past four.")) == ["Of course, it is a quarter past", "four."]
 
 
 def test_the_first_clause_is_released_while_the_sentence_is_still_streaming() -> None:

@@ -145,6 +145,9 @@ class LlmSettings(Section):
 
 class ChunkerSettings(Section):
     first_clause_min_words: int = Field(3, ge=1)
+    first_clause_max_words: int = Field(
+        7, ge=0, description="with no clause boundary by then, the first chunk goes after this many words; 0: off"
+    )
     min_words: int = Field(3, ge=1)
     max_chars: int = Field(220, ge=40)
 

@@ -24,6 +24,7 @@ from voxloop.pipeline.config import ChunkerSettings
 from voxloop.pipeline.frames import Frame, ReplyChunk, ReplyDone, ReplyText
 from voxloop.pipeline.session import Session
 from voxloop.pipeline.stage import StageBase
+from voxloop.pipeline.text import CONTINUING_WORDS
 
 # A sentence end: terminal punctuation, then closing quotes, brackets or markdown emphasis.
 _TERMINAL_RUN = re.compile(r"[.!?…]+[\"'”’)\]}»*_]*")
@@ -86,6 +87,7 @@ class SentenceChunker:
     def __init__(self, settings: ChunkerSettings | None = None) -> None:
         settings = settings or ChunkerSettings()
         self.first_clause_min_words = settings.first_clause_min_words
+        self.first_clause_max_words = settings.first_clause_max_words
         self.min_words = settings.min_words
         self.max_chars = settings.max_chars
         self.reset()
@@ -222,6 +224,14 @@ class SentenceChunker:
 
     def _early_clause(self, start: int, i: int, words_before: int, final: bool) -> _Cut | _Wait | None:
         match = _CLAUSE.match(self._buf, i)
+        if match is None and self._buf[i] in " \t" and self.first_clause_max_words:
+            # No boundary yet: after enough words the first chunk goes anyway, at the end of a
+            # word a phrase may end on ("past four", not "in the").
+            words = speakable(self._buf[start:i]).split()
+            last = words[-1].lower().strip("\"'") if words else ""
+            enough = words_before + count_words(" ".join(words)) >= self.first_clause_max_words
+            if enough and last.isalpha() and last not in CONTINUING_WORDS:
+                return _Cut(i, i + 1, release=True)
         if match is None:
             if self._buf[i] in ",;:-–—" and i + 1 == len(self._buf) and not final:
                 return _Wait(i)  # the space that makes it a clause boundary may come next

@@ -34,6 +34,7 @@ from voxloop.pipeline.errors import AssetError, ConfigError
 from voxloop.pipeline.frames import PCM16, Frame, SpeechEnded, Transcript
 from voxloop.pipeline.session import Session
 from voxloop.pipeline.stage import StageBase
+from voxloop.pipeline.text import CONTINUING_WORDS
 from voxloop.pipeline.workers import ModelWorker
 
 if TYPE_CHECKING:
@@ -52,53 +53,6 @@ WHISPER_TAGS = ("music", "applause", "laughter", "silence", "blank audio", "inau
 _FILLER = re.compile(r"(h*m+|u+[hm]+|e+r+m*|a+h+)")  # hmm, mmm, uh, um, erm, ah
 _ANNOTATION = re.compile(r"\[[^\]]*\]|\([^)]*\)|♪+")
 _NOT_WORD = re.compile(r"[^\w\s']|_")
-# Words a spoken sentence does not end on: a pause after them is the speaker thinking, not done.
-_GOES_ON = frozenset(
-    {
-        "and",
-        "but",
-        "or",
-        "so",
-        "because",
-        "if",
-        "then",
-        "than",
-        "that",
-        "which",
-        "who",
-        "whose",
-        "where",
-        "when",
-        "while",
-        "the",
-        "a",
-        "an",
-        "to",
-        "of",
-        "in",
-        "on",
-        "at",
-        "by",
-        "for",
-        "with",
-        "from",
-        "into",
-        "about",
-        "as",
-        "my",
-        "your",
-        "our",
-        "their",
-        "his",
-        "her",
-        "its",
-        "um",
-        "uh",
-        "er",
-        "erm",
-        "like",
-    }
-)
 
 
 # --- the guard (pure) -----------------------------------------------------------------------
@@ -209,7 +163,7 @@ def reads_finished(text: str) -> bool:
     if not text.endswith((".", "!", "?")) or text.endswith(("..", "…")):
         return False
     words = normalise(text).split()
-    return bool(words) and words[-1] not in _GOES_ON
+    return bool(words) and words[-1] not in CONTINUING_WORDS
 
 
 # --- the engine (shared, blocking) ----------------------------------------------------------
