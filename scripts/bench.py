@@ -73,7 +73,9 @@ def report(result: dict[str, Any]) -> str:
         lines.append(
             f"{run['llm']:>9} {run['transport']:>9} x{run['users']}: {o['turns']} turns, "
             f"voice-to-voice p50 {v2v['p50']} p95 {v2v['p95']} "
-            f"max {v2v['max']} ms, overhead p50 {o['overhead_per_turn_ms']['p50']} ms, WER {o['wer']}, "
+            f"max {v2v['max']} ms (server p50 {o['server_voice_to_voice_ms']['p50']}), "
+            f"replies mid-speech {o['replies_mid_speech']}, eager ends {o['eager_endpoints']}, "
+            f"overhead p50 {o['overhead_per_turn_ms']['p50']} ms, WER {o['wer']}, "
             f"underruns {o['reply_underruns']}, frame jitter {o['reply_frame_jitter_ms']}, "
             f"loop lag {run['resources']['loop_lag_ms']}"
         )

@@ -24,7 +24,7 @@ from voxloop.pipeline.frames import ErrorFrame, Frame, ReplyChunk, ReplyDone, Re
 from voxloop.pipeline.graph import Graph
 from voxloop.pipeline.session import Message, Session
 from voxloop.stages.chunker import ChunkerStage
-from voxloop.stages.llm import FALLBACK_REPLY, LlmStage, build_messages, load_llm
+from voxloop.stages.llm import FALLBACK_REPLY, LlmStage, build_messages, history_start, load_llm
 from voxloop.stages.llm.openai_compat import OpenAICompatBackend, SseDecoder, parse_chunk
 
 # No `no_leaked_tasks` here: when a stream stops at [DONE] before the body's last byte, httpx's
@@ -402,7 +402,7 @@ def test_sse_decoder_joins_data_lines_and_skips_the_rest() -> None:
 
 def test_build_messages_keeps_the_last_messages_and_ends_with_the_user() -> None:
     history = [Message("user", f"u{i}") if i % 2 == 0 else Message("assistant", f"a{i}") for i in range(5)]
-    assert build_messages("sys", history, 3, "u4") == [
+    assert build_messages("sys", history, 4, "u4") == [
         {"role": "system", "content": "sys"},
         {"role": "user", "content": "u2"},
         {"role": "assistant", "content": "a3"},
@@ -410,6 +410,13 @@ def test_build_messages_keeps_the_last_messages_and_ends_with_the_user() -> None
     ]
     assert build_messages("", history, 0, "u4") == [{"role": "user", "content": "u4"}]
     assert build_messages("sys", history[:2], 4, "new")[-1] == {"role": "user", "content": "new"}
+
+
+def test_the_history_window_moves_in_half_steps_so_the_prompt_keeps_its_beginning() -> None:
+    starts = [history_start(length, 12) for length in range(10, 26)]
+    # up to 12 messages all of them; then the start jumps by 6, holding 6 to 12 messages
+    assert starts == [0, 0, 0, 6, 6, 6, 6, 6, 6, 12, 12, 12, 12, 12, 12, 18]
+    assert all(6 <= length - start <= 12 for length, start in zip(range(13, 26), starts[3:], strict=True))
 
 
 async def run_stage(stage: LlmStage, frame: Frame) -> list[Frame]:

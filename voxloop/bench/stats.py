@@ -46,6 +46,9 @@ def turns(run: UserRun) -> list[dict[str, Any]]:
         created = next(r.at for r in received if r.event.get("type") == "response.created" and _rid(r.event) == rid)
         chunks = reply_chunks(received, rid)
         ends = [run.wall_of(voiced_end) for _, voiced_end, _ in run.speech if run.wall_of(voiced_end) < created]
+        # A reply begun inside a recorded segment answered a pause in it (an early end of turn):
+        # there is no true end of speech to measure it from, so it counts apart.
+        mid_speech = any(run.wall_of(start) <= created < run.wall_of(voiced) for start, voiced, _ in run.speech)
         trace: dict[str, Any] = next(
             (r.event["trace"] for r in received[item.index :] if r.event.get("type") == "voxloop.trace"), {}
         )
@@ -59,7 +62,8 @@ def turns(run: UserRun) -> list[dict[str, Any]]:
         out.append(
             {
                 "response_id": rid,
-                "client_v2v_ms": (chunks[0][0] - max(ends)) * 1000 if chunks and ends else None,
+                "client_v2v_ms": (chunks[0][0] - max(ends)) * 1000 if chunks and ends and not mid_speech else None,
+                "mid_speech": mid_speech,
                 "server_v2v_ms": v2v,
                 "spans_ms": spans,
                 "overhead_ms": overhead,
@@ -114,6 +118,7 @@ def aggregate(users: list[dict[str, Any]]) -> dict[str, Any]:
         "turns": len(all_turns),
         "voice_to_voice_ms": summary([t["client_v2v_ms"] for t in all_turns if t["client_v2v_ms"] is not None]),
         "server_voice_to_voice_ms": summary([t["server_v2v_ms"] for t in all_turns if t["server_v2v_ms"] is not None]),
+        "replies_mid_speech": sum(1 for t in all_turns if t["mid_speech"]),
         "stages_ms": {
             name: summary([t["spans_ms"][name] for t in all_turns if name in t["spans_ms"]]) for name in span_names
         },

@@ -61,15 +61,27 @@ def load_llm(settings: LlmSettings, store: AssetStore) -> ChatBackend:
     return EmbeddedLlamaBackend.load(settings, store)
 
 
+def history_start(length: int, max_history: int) -> int:
+    """Where the window over `length` messages starts: a multiple of half the window (see build_messages)."""
+    if length <= max_history:
+        return 0
+    step = max(1, max_history // 2)
+    return -(-(length - max_history) // step) * step  # the overflow, rounded up to whole steps
+
+
 def build_messages(
     system_prompt: str, history: Sequence[Message], max_history: int, user_text: str
 ) -> list[dict[str, str]]:
-    """The system prompt, then the last `max_history` messages, ending with the user's turn.
+    """The system prompt, then at most `max_history` recent messages, ending with the user's turn.
 
-    If the window does not end with a user message (history not updated, or max_history 0),
-    `user_text` is added as one, so the model always has the question.
+    The window's start moves in steps of half of `max_history`, not one message per turn: a
+    prompt that keeps its beginning lets llama.cpp (embedded or a server) reuse its cache of the
+    earlier turns, where a window sliding by one message makes it read the whole prompt again
+    every turn (1-2 s here once a conversation is long). So the window holds between half of
+    `max_history` and all of it. If it does not end with a user message (history not updated,
+    or max_history 0), `user_text` is added as one, so the model always has the question.
     """
-    recent = list(history[-max_history:]) if max_history > 0 else []
+    recent = list(history[history_start(len(history), max_history) :]) if max_history > 0 else []
     messages = [{"role": "system", "content": system_prompt}] if system_prompt.strip() else []
     messages.extend(message.as_dict() for message in recent)
     if user_text and (not recent or recent[-1].role != "user"):
