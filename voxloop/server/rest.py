@@ -19,7 +19,7 @@ import os
 import time
 import wave
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -293,7 +293,10 @@ async def transcribe(request: Request) -> Transcription:
     """Transcribe one uploaded audio file with the server's Whisper model."""
     engines = _engines(request)
     started = time.perf_counter()
-    filename, data = await _read_upload(request)
+    upload = await read_upload(request, "send the audio in the form field 'file' (curl -F file=@speech.wav)")
+    filename, data = upload.filename, upload.data
+    if not data:
+        raise HTTPException(400, f"{filename!r} is empty: {FORMATS_HINT}")
     pcm = await _decode(filename, data)
     duration_s = len(pcm) / STT_RATE
     result = await engines.stt.atranscribe(pcm)
@@ -314,12 +317,20 @@ async def transcribe(request: Request) -> Transcription:
     )
 
 
-async def _read_upload(request: Request) -> tuple[str, bytes]:
-    """The form's `file` part, read as the request streams in; 413 as soon as it is too big."""
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """A multipart form's one file (field `file`) and its text fields."""
+
+    filename: str
+    data: bytes
+    fields: dict[str, str]
+
+
+async def read_upload(request: Request, hint: str) -> Upload:
+    """The form, read as the request streams in: 413 as soon as it is too big, else 400/415 ending
+    with `hint` (how to send it)."""
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise HTTPException(
-            415, "send the audio as multipart/form-data with the file in the field 'file' (curl -F file=@speech.wav)"
-        )
+        raise HTTPException(415, f"the upload is not multipart/form-data: {hint}")
     max_bytes = upload_limit(request)
     limit = max_bytes + MULTIPART_SLACK
     length = request.headers.get("content-length", "")
@@ -329,20 +340,19 @@ async def _read_upload(request: Request) -> tuple[str, bytes]:
     try:
         form = await parser.parse()
     except MultiPartException as exc:
-        raise HTTPException(400, f"the multipart form is malformed ({exc.message}): send one file in 'file'") from None
+        raise HTTPException(400, f"the multipart form is malformed ({exc.message}): {hint}") from None
     try:
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
-            raise HTTPException(400, "no file in the form field 'file': send the audio as file=@speech.wav")
+            raise HTTPException(400, f"no file in the form field 'file': {hint}")
         data = await upload.read()
+        fields = {key: value for key, value in form.items() if isinstance(value, str)}
         filename = upload.filename or "upload"
     finally:
         await form.close()
     if len(data) > max_bytes:
         raise _too_big(max_bytes)
-    if not data:
-        raise HTTPException(400, f"{filename!r} is empty: {FORMATS_HINT}")
-    return filename, data
+    return Upload(filename, data, fields)
 
 
 async def _limited(stream: AsyncIterator[bytes], limit: int) -> AsyncGenerator[bytes, None]:

@@ -23,19 +23,14 @@ from typing import TYPE_CHECKING, Any
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import ValidationError
-from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
 
 from voxloop.pipeline.frames import PCM16
 from voxloop.server.rest import (
     MAX_UPLOAD_BYTES,
-    MULTIPART_SLACK,
     _engines,
     _errors,
-    _limited,
     _speak,
-    _too_big,
-    upload_limit,
+    read_upload,
     wav_bytes,
 )
 from voxloop.server.schemas import (
@@ -157,7 +152,8 @@ async def create_voice(request: Request) -> Response:
     engines = _engines(request)
     store = voice_store(request)
     started = time.perf_counter()
-    fields, data = await _read_voice_form(request)
+    upload = await read_upload(request, UPLOAD_HINT)
+    fields, data = upload.fields, upload.data
     name, settings, language = _voice_fields(fields)
     try:
         store.ensure_free(name)
@@ -185,33 +181,6 @@ async def create_voice(request: Request) -> Response:
     log.info("voice uploaded", extra=extra)
     body = VoiceCreated(voice=describe(entry, engines), quality=VoiceQuality(**report.as_dict()))
     return JSONResponse(body.model_dump(mode="json"), status_code=201)
-
-
-async def _read_voice_form(request: Request) -> tuple[dict[str, str], bytes]:
-    """The form's text fields and its one file, read as the request streams in (413 past the limit)."""
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise HTTPException(415, f"the upload is not a multipart form: {UPLOAD_HINT}")
-    max_bytes = upload_limit(request)
-    limit = max_bytes + MULTIPART_SLACK
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > limit:
-        raise _too_big(max_bytes)
-    parser = MultiPartParser(request.headers, _limited(request.stream(), limit), max_files=1, max_fields=8)
-    try:
-        form = await parser.parse()
-    except MultiPartException as exc:
-        raise HTTPException(400, f"the multipart form is malformed ({exc.message}): {UPLOAD_HINT}") from None
-    try:
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
-            raise HTTPException(400, f"no file in the form field 'file': {UPLOAD_HINT}")
-        data = await upload.read()
-        fields = {key: value for key, value in form.items() if isinstance(value, str)}
-    finally:
-        await form.close()
-    if len(data) > max_bytes:
-        raise _too_big(max_bytes)
-    return fields, data
 
 
 def _voice_fields(fields: dict[str, str]) -> tuple[str, dict[str, Any], str]:

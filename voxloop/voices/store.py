@@ -31,6 +31,7 @@ from voxloop.pipeline.audio import write_wav
 from voxloop.pipeline.config import TtsSettings
 from voxloop.pipeline.errors import ConfigError, InputError
 from voxloop.pipeline.frames import PCM16
+from voxloop.stages.tts.providers import builtin_voice, voice_spec
 from voxloop.stages.tts.voice import ProviderName, VoiceSpec
 
 log = logging.getLogger(__name__)
@@ -314,23 +315,5 @@ def _unlink_quietly(path: Path) -> None:
 
 def builtin_voices(tts: TtsSettings) -> list[VoiceSpec]:
     """The voices config.yaml declares: the built-in Piper voice (tts.voice), then tts.voices."""
-    voices = [VoiceSpec(name=piper_voice_name(tts.voice), provider="piper", model=tts.voice)]
-    for voice in tts.voices:
-        if voice.name != voices[0].name:
-            voices.append(
-                VoiceSpec(
-                    name=voice.name,
-                    provider=voice.provider,
-                    language=voice.language,
-                    model=voice.model,
-                    reference=voice.reference,
-                    settings=dict(voice.settings),
-                    fallback=tuple(voice.fallback),
-                )
-            )
-    return voices
-
-
-def piper_voice_name(configured: str) -> str:
-    """The name a Piper voice setting (an asset name, a .onnx path or a directory) is known by."""
-    return Path(configured).name.removesuffix(".onnx").removeprefix("piper-")
+    builtin = builtin_voice(tts)
+    return [builtin, *(voice_spec(voice) for voice in tts.voices if voice.name != builtin.name)]
