@@ -13,12 +13,14 @@ message and never in a URL. HTTP failures become the router's error types:
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
 from voxloop.pipeline.config import CloudTtsSettings
 from voxloop.pipeline.errors import ConfigError, InputError, TransientError, VoxloopError
+from voxloop.stages.tts.voice import VoiceSpec
 
 __all__ = ["api_key", "check_response", "http_client", "public_url", "request_error"]
 
@@ -65,3 +67,27 @@ async def check_response(provider: str, response: httpx.Response, key_env: str) 
     if status == 429 or status >= 500:
         raise TransientError(f"{where} answered {status}: {body or 'no detail'}")
     raise InputError(f"{where} refused the request ({status}): {body or 'no detail'}")
+
+
+def check_settings(provider: str, voice: VoiceSpec, known: Sequence[str]) -> None:
+    """InputError naming the settings of `voice` that `provider` does not take."""
+    unknown = sorted(set(voice.settings) - set(known))
+    if unknown:
+        raise InputError(f"voice {voice.name!r}: unknown {provider} settings {unknown}; known: {', '.join(known)}")
+
+
+async def send(
+    provider: str, client: httpx.AsyncClient, request: httpx.Request, key_env: str, *, stream: bool
+) -> httpx.Response:
+    """Send `request`; a transport failure or an error status raises the router's error type.
+    A streamed response that comes back is the caller's to close."""
+    try:
+        response = await client.send(request, stream=stream)
+    except httpx.HTTPError as exc:
+        raise request_error(provider, request.url, exc) from None
+    try:
+        await check_response(provider, response, key_env)
+    except BaseException:
+        await response.aclose()
+        raise
+    return response

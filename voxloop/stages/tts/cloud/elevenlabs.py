@@ -16,7 +16,7 @@ import httpx
 
 from voxloop.pipeline.config import ElevenLabsTtsSettings
 from voxloop.pipeline.errors import InputError
-from voxloop.stages.tts.cloud import api_key, check_response, http_client, request_error
+from voxloop.stages.tts.cloud import api_key, check_settings, http_client, request_error, send
 from voxloop.stages.tts.cloud.audio import PcmReader
 from voxloop.stages.tts.voice import PcmBlock, ProviderName, VoiceSpec
 
@@ -35,9 +35,7 @@ class ElevenLabsSpeech:
         self.client = http_client(settings, transport)
 
     def body(self, text: str, voice: VoiceSpec) -> dict[str, Any]:
-        unknown = sorted(set(voice.settings) - set(SETTING_KEYS))
-        if unknown:
-            raise InputError(f"voice {voice.name!r}: unknown elevenlabs settings {unknown}; known: {SETTING_KEYS}")
+        check_settings(self.name, voice, SETTING_KEYS)
         body: dict[str, Any] = {"text": text, "model_id": voice.settings.get("model_id", self.settings.model)}
         tuned = {key: voice.settings[key] for key in VOICE_SETTINGS if key in voice.settings}
         return body | ({"voice_settings": tuned} if tuned else {})
@@ -52,12 +50,8 @@ class ElevenLabsSpeech:
             json=self.body(text, voice),
             headers={"xi-api-key": self._key} if self._key else {},
         )
+        response = await send(self.name, self.client, request, self.settings.api_key_env, stream=True)
         try:
-            response = await self.client.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            raise request_error(self.name, request.url, exc) from None
-        try:
-            await check_response(self.name, response, self.settings.api_key_env)
             pcm = PcmReader()
             try:
                 async for data in response.aiter_bytes():

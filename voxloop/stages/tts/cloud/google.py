@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 
 from voxloop.pipeline.config import GoogleTtsSettings
-from voxloop.pipeline.errors import InputError, TransientError
-from voxloop.stages.tts.cloud import api_key, check_response, http_client, request_error
+from voxloop.pipeline.errors import TransientError
+from voxloop.stages.tts.cloud import api_key, check_settings, http_client, send
 from voxloop.stages.tts.cloud.audio import WavReader
 from voxloop.stages.tts.voice import PcmBlock, ProviderName, VoiceSpec
 
@@ -35,9 +35,7 @@ class GoogleSpeech:
         self.client = http_client(settings, transport)
 
     def body(self, text: str, voice: VoiceSpec) -> dict[str, Any]:
-        unknown = sorted(set(voice.settings) - set(SETTING_KEYS))
-        if unknown:
-            raise InputError(f"voice {voice.name!r}: unknown google settings {unknown}; known: {SETTING_KEYS}")
+        check_settings(self.name, voice, SETTING_KEYS)
         audio: dict[str, Any] = {"audioEncoding": "LINEAR16", "sampleRateHertz": self.settings.sample_rate}
         audio |= {wire: voice.settings[key] for key, wire in AUDIO_KEYS.items() if key in voice.settings}
         selection: dict[str, Any] = {"languageCode": voice.settings.get("language_code") or language_code(voice)}
@@ -48,11 +46,7 @@ class GoogleSpeech:
     async def stream(self, text: str, voice: VoiceSpec) -> AsyncGenerator[PcmBlock, None]:
         headers = {"X-Goog-Api-Key": self._key} if self._key else {}
         request = self.client.build_request("POST", "/v1/text:synthesize", json=self.body(text, voice), headers=headers)
-        try:
-            response = await self.client.send(request)
-        except httpx.HTTPError as exc:
-            raise request_error(self.name, request.url, exc) from None
-        await check_response(self.name, response, self.settings.api_key_env)
+        response = await send(self.name, self.client, request, self.settings.api_key_env, stream=False)
         wav = WavReader(f"{self.name} speech")
         try:
             content = base64.b64decode(response.json()["audioContent"], validate=True)

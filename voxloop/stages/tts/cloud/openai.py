@@ -13,8 +13,7 @@ from typing import Any
 import httpx
 
 from voxloop.pipeline.config import OpenAiTtsSettings
-from voxloop.pipeline.errors import InputError
-from voxloop.stages.tts.cloud import api_key, check_response, http_client, request_error
+from voxloop.stages.tts.cloud import api_key, check_settings, http_client, request_error, send
 from voxloop.stages.tts.cloud.audio import PcmReader, WavReader
 from voxloop.stages.tts.voice import PcmBlock, ProviderName, VoiceSpec
 
@@ -33,11 +32,7 @@ class OpenAiSpeech:
         self.client = http_client(settings, transport)
 
     def body(self, text: str, voice: VoiceSpec) -> dict[str, Any]:
-        unknown = sorted(set(voice.settings) - set(SETTING_KEYS))
-        if unknown:
-            raise InputError(
-                f"voice {voice.name!r}: unknown openai settings {unknown}; known: {', '.join(SETTING_KEYS)}"
-            )
+        check_settings(self.name, voice, SETTING_KEYS)
         body: dict[str, Any] = {
             "model": voice.settings.get("model", self.settings.model),
             "input": text,
@@ -50,12 +45,8 @@ class OpenAiSpeech:
     async def stream(self, text: str, voice: VoiceSpec) -> AsyncGenerator[PcmBlock, None]:
         headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
         request = self.client.build_request("POST", "/audio/speech", json=self.body(text, voice), headers=headers)
+        response = await send(self.name, self.client, request, self.settings.api_key_env, stream=True)
         try:
-            response = await self.client.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            raise request_error(self.name, request.url, exc) from None
-        try:
-            await check_response(self.name, response, self.settings.api_key_env)
             wav = WavReader(f"{self.name} speech") if self.settings.response_format == "wav" else None
             pcm = PcmReader()
             try:
