@@ -116,7 +116,8 @@ async def test_the_noise_and_wake_conversation(
     # Never on music, noise or other speech: every detection lies in a wake-word clip
     # ("jarvis" alone may fairly fire hey_jarvis), and each modelled wake word woke the session.
     assert {at(r.event["audio_end_ms"] / 1000) for r in detections} <= set(WAKES) | {"pv_jarvis_1"}
-    assert sorted(at(r.event["audio_end_ms"] / 1000) for r in woke) == sorted(WAKES)
+    woken_by = [at(r.event["audio_end_ms"] / 1000) for r in woke]
+    assert set(WAKES) <= set(woken_by) <= set(WAKES) | {"pv_jarvis_1"}, woken_by  # "jarvis" may wake it if asleep
     # Each waking detection came with the chime, at once (a frame is sent when it starts, 20 ms early).
     latencies = [r.at - started - r.event["audio_end_ms"] / 1000 + 0.02 for r in woke]
     print("wake word detected → chime received (ms):", [round(x * 1000) for x in latencies])
