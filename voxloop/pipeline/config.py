@@ -273,8 +273,8 @@ class LimitsSettings(Section):
     max_turn_audio_s: float = Field(120.0, gt=0, description="audio buffered per manual turn before commit")
     max_sessions: int = Field(32, ge=1, description="open realtime sessions; more are closed with 1013")
     max_upload_bytes: int = Field(25 << 20, ge=1024, description="largest audio upload to the REST API")
-    events_per_s: float = Field(200.0, gt=0, description="client messages per second per connection (sustained)")
-    event_burst: int = Field(400, ge=1, description="messages a connection may send at once above the rate")
+    events_per_s: float = Field(1000.0, gt=0, description="client messages per second per connection (sustained)")
+    event_burst: int = Field(3000, ge=1, description="messages a connection may send at once above the rate")
     abuse_close_s: float = Field(5.0, gt=0, description="over the rate this long closes the connection (1008)")
 
 
