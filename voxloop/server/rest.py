@@ -259,27 +259,22 @@ def public_tts(tts: TtsSettings) -> TtsSettings:
 
 # --- transcribe -----------------------------------------------------------------------------
 
-_UPLOAD_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {
-                            "type": "string",
-                            "format": "binary",
-                            "description": f"an audio file, at most {MAX_UPLOAD_BYTES >> 20} MB "
-                            f"(limits.max_upload_bytes) and {MAX_AUDIO_S / 60:g} minutes, in a container FFmpeg reads",
-                        }
-                    },
-                }
-            }
-        },
-    }
-}
+
+def multipart_body(file: str, **fields: str) -> dict[str, Any]:
+    """The OpenAPI request body of an upload: a `file` part described by `file`, and text
+    fields (name → description). Every part is required but `settings` and `language`."""
+    properties: dict[str, Any] = {name: {"type": "string", "description": text} for name, text in fields.items()}
+    properties["file"] = {"type": "string", "format": "binary", "description": file}
+    required = [name for name in properties if name not in OPTIONAL_FIELDS]
+    schema = {"type": "object", "required": required, "properties": properties}
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
+
+
+OPTIONAL_FIELDS = frozenset({"settings", "language"})
+_UPLOAD_BODY = multipart_body(
+    f"an audio file, at most {MAX_UPLOAD_BYTES >> 20} MB (limits.max_upload_bytes) and "
+    f"{MAX_AUDIO_S / 60:g} minutes, in a container FFmpeg reads"
+)
 
 
 @router.post(

@@ -30,6 +30,7 @@ from voxloop.server.rest import (
     _engines,
     _errors,
     _speak,
+    multipart_body,
     read_upload,
     wav_bytes,
 )
@@ -59,30 +60,13 @@ router = APIRouter(tags=["voices"])
 REJECT_STATUS = {"empty": 400, "not_audio": 415}  # every other rejection code: 422
 UPLOAD_HINT = "send multipart/form-data with 'name' and the recording in 'file' (curl -F name=alice -F file=@me.wav)"
 
-_UPLOAD_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["name", "file"],
-                    "properties": {
-                        "name": {"type": "string", "description": "letters, digits, '-' and '_' (1-48)"},
-                        "file": {
-                            "type": "string",
-                            "format": "binary",
-                            "description": f"6-30 s of one person speaking; at most {MAX_UPLOAD_BYTES // 2**20} MB; "
-                            "WAV, MP3, M4A, OGG, WebM or anything FFmpeg reads",
-                        },
-                        "settings": {"type": "string", "description": "JSON: XttsVoiceSettings"},
-                        "language": {"type": "string", "description": "the language the voice speaks (en)"},
-                    },
-                }
-            }
-        },
-    }
-}
+_UPLOAD_BODY = multipart_body(
+    f"6-30 s of one person speaking; at most {MAX_UPLOAD_BYTES // 2**20} MB; WAV, MP3, M4A, OGG, WebM or anything "
+    "FFmpeg reads",
+    name="letters, digits, '-' and '_' (1-48)",
+    settings="JSON: XttsVoiceSettings",
+    language="the language the voice speaks (en)",
+)
 
 
 def voice_store(request: Request) -> VoiceStore:
