@@ -1,5 +1,6 @@
 // voxloop hands-free client: the start/stop button, the realtime protocol, barge-in and truncation.
 import { AudioEngine, WIRE_RATE } from "./audio.js";
+import { auth } from "./auth.js";
 import { decodePcm16, encodePcm16 } from "./pcm.js";
 import { RtcConnection, callsUrl, rtcAvailable } from "./rtc.js";
 import { Connection, realtimeUrl } from "./socket.js";
@@ -35,6 +36,7 @@ const shared = (window.voxloop = {
   truncated: [], // the server's conversation.item.truncated answers
   reconnects: [], // {attempt, delayMs, everOpened, code}
   errors: [], // {code, message}
+  auth: auth.state, // {required, mints, prompts, refusals, remembered}: never the key or a secret
   sentFrames: 0,
   sampleRate: null,
   micRate: null,
@@ -51,6 +53,7 @@ if (transportSelect) {
 }
 
 const view = new View();
+auth.bindForget(document.getElementById("forget-key"));
 // The voice replies speak with: sent with the session's settings, and again whenever it is changed.
 const voices = new VoicePanel({ onChange: (voice) => connection?.send(voiceUpdate(voice)) });
 shared.voices = voices.state;
@@ -103,8 +106,8 @@ async function start() {
   const handlers = { onOpen, onEvent, onDown };
   connection =
     shared.transport === "webrtc"
-      ? new RtcConnection(shared.url, handlers, { stream: audio.stream, player: rtcPlayer })
-      : new Connection(shared.url, handlers);
+      ? new RtcConnection(shared.url, handlers, { stream: audio.stream, player: rtcPlayer }, { auth })
+      : new Connection(shared.url, handlers, { auth });
   connection.start();
 }
 

@@ -2,6 +2,7 @@
 // state and the last exchange in large type, reconnects after server restarts or network loss, and
 // reopens the microphone when the audio device goes away and comes back.
 import { AudioEngine, WIRE_RATE } from "./audio.js";
+import { auth } from "./auth.js";
 import { decodePcm16, encodePcm16 } from "./pcm.js";
 import { Connection, realtimeUrl } from "./socket.js";
 
@@ -34,6 +35,7 @@ const shared = (window.voxloop = {
   sentFrames: 0, // microphone frames sent to the server
   reconnects: 0,
   errors: [],
+  auth: auth.state, // {required, mints, prompts, refusals, remembered}: never the key or a secret
   url: realtimeUrl(window.location),
 });
 
@@ -309,7 +311,7 @@ function onDown({ everOpened, retryInMs }) {
 
 async function loadWakeWords() {
   try {
-    const config = await (await fetch("/api/config")).json();
+    const config = await (await auth.fetch("/api/config")).json();
     const words = (config.wake?.words || []).map((word) => word.name.replaceAll("_", " "));
     if (words.length) wakeHint = words.map((w) => w.replace(/\b\w/g, (c) => c.toUpperCase())).join("” or “");
   } catch {
@@ -319,7 +321,7 @@ async function loadWakeWords() {
 }
 
 render();
-connection = new Connection(shared.url, { onOpen, onEvent: (event) => handlers[event.type]?.(event), onDown });
+connection = new Connection(shared.url, { onOpen, onEvent: (event) => handlers[event.type]?.(event), onDown }, { auth });
 connection.start();
 loadWakeWords();
 startAudio();

@@ -3,6 +3,7 @@
 // get the answer back; events travel on the "oai-events" data channel. The microphone goes out as an
 // Opus track and the reply comes back as one, played by an <audio> element: Chrome cancels echo
 // reliably only for audio played from an RTCPeerConnection, so the assistant does not hear itself.
+// With an `auth` (auth.js), each (re)connect POSTs the offer with a freshly minted client secret as bearer.
 import { backoffDelay } from "./socket.js";
 
 const GATHER_TIMEOUT_MS = 3000;
@@ -32,10 +33,13 @@ function gathered(pc) {
 export class RtcConnection {
   // handlers: {onOpen(), onEvent(event), onDown({everOpened, code, reason, retryInMs, attempt})}
   // media: {stream: the microphone MediaStream, player: the <audio> element the reply plays in}
-  constructor(url, handlers, media) {
+  // auth: {secret({fresh}): Promise<string | null>, invalidate()} or null when none is needed.
+  constructor(url, handlers, media, { auth = null } = {}) {
     this.url = url;
     this.handlers = handlers;
     this.media = media;
+    this.auth = auth;
+    this.opening = null; // the open() in progress: a stop() or a newer open() makes it give up
     this.pc = null;
     this.channel = null;
     this.attempt = 0;
@@ -51,6 +55,9 @@ export class RtcConnection {
 
   async open() {
     this.timer = null;
+    const opening = (this.opening = {});
+    const secret = this.auth ? await this.auth.secret({ fresh: true }) : null;
+    if (this.stopped || this.opening !== opening) return;
     const pc = new RTCPeerConnection({ iceServers: [] }); // the server is reached directly (same host or LAN)
     const state = { opened: false };
     this.pc = pc;
@@ -74,11 +81,10 @@ export class RtcConnection {
     try {
       await pc.setLocalDescription(await pc.createOffer());
       await gathered(pc);
-      const response = await fetch(this.url, {
-        method: "POST",
-        body: pc.localDescription.sdp,
-        headers: { "Content-Type": "application/sdp" },
-      });
+      const headers = { "Content-Type": "application/sdp" };
+      if (secret) headers.Authorization = `Bearer ${secret}`;
+      const response = await fetch(this.url, { method: "POST", body: pc.localDescription.sdp, headers });
+      if (response.status === 401) this.auth?.invalidate();
       if (!response.ok) throw new Error(`${response.status}: ${await response.text()}`);
       await pc.setRemoteDescription({ type: "answer", sdp: await response.text() });
     } catch (error) {
@@ -121,6 +127,7 @@ export class RtcConnection {
 
   stop() {
     this.stopped = true;
+    this.opening = null;
     clearTimeout(this.timer);
     this.timer = null;
     const pc = this.pc;

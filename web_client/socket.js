@@ -1,4 +1,5 @@
-// The realtime WebSocket with reconnect and exponential backoff (with jitter).
+// The realtime WebSocket with reconnect and exponential backoff (with jitter). With an `auth`
+// (auth.js), each (re)connect first gets a freshly minted client secret for the subprotocol.
 export const BACKOFF = { firstMs: 500, factor: 2, maxMs: 10000, jitter: 0.2 };
 
 export function backoffDelay(attempt) {
@@ -11,11 +12,16 @@ export function realtimeUrl(location) {
   return `${scheme}//${location.host}/v1/realtime`;
 }
 
+const CLOSE_POLICY_VIOLATION = 1008; // the server refused the credential (or the origin)
+
 export class Connection {
   // handlers: {onOpen(), onEvent(event), onDown({everOpened, code, reason, retryInMs, attempt})}
-  constructor(url, handlers) {
+  // auth: {protocols(): Promise<string[] | undefined>, invalidate()} or null when none is needed.
+  constructor(url, handlers, { auth = null } = {}) {
     this.url = url;
     this.handlers = handlers;
+    this.auth = auth;
+    this.opening = null; // the open() in progress: a stop() or a newer open() makes it give up
     this.ws = null;
     this.attempt = 0;
     this.timer = null;
@@ -28,10 +34,13 @@ export class Connection {
     this.open();
   }
 
-  open() {
+  async open() {
     this.timer = null;
+    const opening = (this.opening = {});
+    const protocols = this.auth ? await this.auth.protocols() : undefined;
+    if (this.stopped || this.opening !== opening) return;
     let opened = false;
-    const ws = new WebSocket(this.url);
+    const ws = new WebSocket(this.url, protocols);
     this.ws = ws;
     ws.onopen = () => {
       opened = true;
@@ -53,6 +62,7 @@ export class Connection {
       if (this.ws !== ws) return;
       this.ws = null;
       if (this.stopped) return;
+      if (close.code === CLOSE_POLICY_VIOLATION) this.auth?.invalidate();
       const retryInMs = backoffDelay(this.attempt);
       this.attempt += 1;
       this.handlers.onDown({ everOpened: opened, code: close.code, reason: close.reason, retryInMs, attempt: this.attempt });
@@ -72,6 +82,7 @@ export class Connection {
 
   stop() {
     this.stopped = true;
+    this.opening = null;
     clearTimeout(this.timer);
     this.timer = null;
     const ws = this.ws;

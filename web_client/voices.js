@@ -1,6 +1,8 @@
 // The voice panel: pick the voice replies speak with, clone a new one from a recording (the mic via
 // MediaRecorder, or a file), see the server's quality report, and preview any voice.
 // Server side: voxloop/server/voices_api.py (GET/POST/PATCH/DELETE /api/voices, POST .../preview).
+// Every call goes through auth.fetch: with authentication on it carries a client secret.
+import { auth } from "./auth.js";
 
 const $ = (id) => document.getElementById(id);
 const STORAGE_KEY = "voxloop.voice";
@@ -69,7 +71,7 @@ export class VoicePanel {
   async refresh() {
     let body;
     try {
-      const response = await fetch("/api/voices");
+      const response = await auth.fetch("/api/voices");
       body = await response.json();
       if (!response.ok) throw new Error(body.detail || `HTTP ${response.status}`);
     } catch (error) {
@@ -155,7 +157,7 @@ export class VoicePanel {
     this.uploadButton.disabled = true;
     this.setStatus("Checking the recording…");
     try {
-      const response = await fetch("/api/voices", { method: "POST", body: form });
+      const response = await auth.fetch("/api/voices", { method: "POST", body: form });
       const body = await response.json();
       const report = { ok: response.ok, status: response.status, ...body };
       this.state.lastReport = report;
@@ -205,7 +207,7 @@ export class VoicePanel {
     this.previewButton.disabled = true;
     this.setStatus(`Speaking a sample in ${name}…`);
     try {
-      const response = await fetch(`/api/voices/${encodeURIComponent(name)}/preview`, {
+      const response = await auth.fetch(`/api/voices/${encodeURIComponent(name)}/preview`, {
         method: "POST",
         headers: { "Content-Type": "application/json" },
         body: JSON.stringify({ text: PREVIEW_TEXT }),
@@ -228,7 +230,7 @@ export class VoicePanel {
   async remove() {
     const name = this.state.selected;
     if (!name || !window.confirm(`Delete the voice ${name}?`)) return;
-    const response = await fetch(`/api/voices/${encodeURIComponent(name)}`, { method: "DELETE" });
+    const response = await auth.fetch(`/api/voices/${encodeURIComponent(name)}`, { method: "DELETE" });
     if (!response.ok) return this.setStatus((await response.json()).detail, "error");
     this.setStatus(`Deleted ${name}.`, "ok");
     await this.refresh();
