@@ -18,6 +18,7 @@ def run(args: argparse.Namespace) -> int:
     from voxloop.server.app import create_app
     from voxloop.server.limits import ws_max_size
     from voxloop.server.security import describe_auth
+    from voxloop.server.transport import ClosableWebSocketProtocol
 
     settings = load_settings(args.config)
     if args.kiosk:
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         app,
         host=host,
         port=port,
-        ws="websockets-sansio",  # the websockets library's sans-I/O core (the legacy one is deprecated)
+        ws=ClosableWebSocketProtocol,  # websockets-sansio, plus closing a client that stopped reading (transport.py)
         log_level=level.lower(),
         ws_max_size=ws_max_size(settings.limits),  # above it uvicorn closes with 1009; below, limits.py answers
         timeout_graceful_shutdown=5,

@@ -289,6 +289,18 @@ class IceServer(Section):
     @classmethod
     def _one_url(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
+    send_timeout_s: float = Field(
+        10.0, gt=0, description="a message the client has not taken this long: it is not reading; closed (1008)"
+    )
+    send_buffer_bytes: int = Field(
+        8 << 20, ge=64 * 1024, description="bytes a connection may have waiting to be sent; more: closed (1008)"
+    )
+    stalled_linger_s: float = Field(
+        10.0, ge=0, description="a closed client that is not reading has this long to read the close, then is dropped"
+    )
+    send_socket_bytes: int = Field(
+        256 * 1024, ge=0, description="kernel send buffer per realtime socket (SO_SNDBUF); 0: the kernel's autotuning"
+    )
 
 
 class WebRtcSettings(Section):

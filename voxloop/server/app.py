@@ -94,6 +94,8 @@ def create_app(settings: Settings, engines: Engines | None = None) -> FastAPI:
     app.add_middleware(CORSMiddleware, **gate.origins.cors_options())  # type: ignore[arg-type]
     app.state.tracer = tracer
     app.state.rtc_calls = RtcCalls()
+    if metrics is not None:
+        metrics.watch(peer_connections=lambda: len(app.state.rtc_calls.peers))
     app.state.voices = VoiceStore(settings.voices.dir, builtin_voices(settings.tts), default=settings.tts.default_voice)
 
     @app.websocket("/v1/realtime")
@@ -104,7 +106,8 @@ def create_app(settings: Settings, engines: Engines | None = None) -> FastAPI:
             await refuse_websocket(websocket.scope, websocket.receive, websocket.send, CLOSE_TRY_AGAIN_LATER, full)
             return
         state = websocket.app.state
-        connection = RealtimeConnection(WebSocketTransport(websocket), state.engines, tracer, state.voices)
+        transport = WebSocketTransport(websocket, settings.limits)
+        connection = RealtimeConnection(transport, state.engines, tracer, state.voices)
         connections.open.add(connection)
         try:
             await connection.run()

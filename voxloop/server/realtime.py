@@ -4,15 +4,17 @@ Three tasks per connection, joined with asyncio.wait(FIRST_COMPLETED):
 
     receive  client events → session changes, audio → graph.push()
     pump     graph.frames() → server events (transcripts, reply audio, response lifecycle)
-    send     the one writer to the socket, draining an ordered outbox
+    send     the one writer to the socket, draining an ordered outbox (bounded: transport.Outbox)
 
-When any of them ends (the client left, the server is shutting down, a fatal error) the
-others are cancelled and the graph closed, so nothing of the session outlives it.
+When any of them ends (the client left, the server is shutting down, a fatal error, a client
+that stopped reading: limits.send_timeout_s, limits.send_buffer_bytes) the others are cancelled
+and the graph closed, so nothing of the session outlives it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Callable, Coroutine
@@ -44,7 +46,15 @@ from voxloop.server import events as ev
 from voxloop.server.events import ProtocolError
 from voxloop.server.limits import InboundLimits, PolicyViolation
 from voxloop.server.security import close_reason
-from voxloop.server.transport import AudioOut, Transport, TransportClosed
+from voxloop.server.transport import (
+    CLOSE_POLICY_VIOLATION,
+    AudioOut,
+    ClientNotReading,
+    Close,
+    Outbox,
+    Transport,
+    TransportClosed,
+)
 from voxloop.stages.vad import VadStage
 from voxloop.stages.wake import WakeStage
 from voxloop.tracing import Tracer, TurnRecorder
@@ -56,16 +66,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 INNER_RATE = 16000
-CLOSE_GOING_AWAY = 1001
-CLOSE_POLICY_VIOLATION = 1008
 
 Companion = Callable[[], Coroutine[Any, Any, None]]
-
-
-@dataclass(frozen=True)
-class Close:
-    reason: str
-    code: int = CLOSE_GOING_AWAY
 
 
 @dataclass
@@ -124,7 +126,7 @@ class RealtimeConnection:
         self.last_reply: Reply | None = None
         self.user_item: str | None = None
         self.speech_start_ms = 0  # where the current utterance began in the input stream
-        self.outbox: asyncio.Queue[dict[str, Any] | bytes | Close] = asyncio.Queue()
+        self.outbox = Outbox(engines.settings.limits.send_buffer_bytes)
         self.limits = InboundLimits(engines.settings.limits)
         self.recorder = TurnRecorder(tracer or Tracer(), self.session)
         self.session.on_interrupt(self._interrupted)
@@ -158,18 +160,27 @@ class RealtimeConnection:
 
     def close(self, reason: str) -> None:
         """Say why, then close the socket once everything queued before has been sent."""
-        self.outbox.put_nowait(ev.error_event("session_closed", reason))
-        self.outbox.put_nowait(Close(reason))
+        self.send(ev.error_event("session_closed", reason))
+        self.send(Close(reason))
+
+    def send(self, message: dict[str, Any] | bytes | Close) -> None:
+        """Queue one message for the sender (events as JSON text, reply audio as bytes, or the close)."""
+        self.outbox.put(json.dumps(message) if isinstance(message, dict) else message)
 
     def emit(self, kind: str, **fields: Any) -> None:
-        self.outbox.put_nowait(ev.server_event(kind, **fields))
+        self.send(ev.server_event(kind, **fields))
 
     def emit_error(self, error: ProtocolError, event_id: str | None = None) -> None:
-        self.outbox.put_nowait(ev.error_event(error.code, error.message, param=error.param, event_id=event_id))
+        self.send(ev.error_event(error.code, error.message, param=error.param, event_id=event_id))
 
     async def _send(self) -> None:
         try:
             await self._send_all()
+        except ClientNotReading as stalled:
+            extra = {"event": "client_not_reading", "session": self.session.id, "waiting_bytes": self.outbox.bytes}
+            log.warning("closing a client that is not reading", extra=extra)
+            with contextlib.suppress(TransportClosed):
+                await self.transport.close(CLOSE_POLICY_VIOLATION, close_reason(str(stalled)), now=True)
         except TransportClosed:
             return  # the client left; run() winds the session down
 
@@ -182,7 +193,7 @@ class RealtimeConnection:
             if isinstance(message, bytes):
                 await self.transport.send_bytes(message)
             else:
-                await self.transport.send_text(json.dumps(message))
+                await self.transport.send_text(message)
 
     # -- client events ---------------------------------------------------------------------
 
@@ -204,7 +215,7 @@ class RealtimeConnection:
             except PolicyViolation as error:
                 log.warning("client closed for abuse", extra={"event": "policy_violation", "code": error.code})
                 self.emit_error(error)
-                self.outbox.put_nowait(Close(close_reason(error.message), CLOSE_POLICY_VIOLATION))
+                self.send(Close(close_reason(error.message), CLOSE_POLICY_VIOLATION))
                 await asyncio.Event().wait()  # read no more: the sender closes the socket, then run() ends us
             except ProtocolError as error:
                 log.info("client event refused", extra={"event": "protocol_error", "code": error.code})
@@ -404,13 +415,13 @@ class RealtimeConnection:
             self._wake_word(frame)
         elif isinstance(frame, ErrorFrame):
             self.recorder.error(frame.stage)
-            self.outbox.put_nowait(ev.error_event("stage_error", f"{frame.stage}: {frame.message}"))
+            self.send(ev.error_event("stage_error", f"{frame.stage}: {frame.message}"))
 
     def _wake_word(self, frame: WakeWordDetected) -> None:
         settings = self.engines.settings
         ack = chime(self.out_rate) if frame.woke and settings.kiosk_mode and settings.kiosk.ack_sound else None
         audio_end_ms = round(frame.audio_end_s * 1000)
-        self.outbox.put_nowait(ev.wake_word_event(frame.word, frame.score, audio_end_ms, frame.woke, ack))
+        self.send(ev.wake_word_event(frame.word, frame.score, audio_end_ms, frame.woke, ack))
 
     def _reply_plays_until(self, reply: Reply) -> None:
         """Kiosk: the follow-up window opens when the client has played the reply, not when it was sent."""
@@ -486,7 +497,7 @@ class RealtimeConnection:
             return
         pcm = reply.resampler.push(frame.pcm) if reply.resampler else frame.pcm
         if self.binary:
-            self.outbox.put_nowait(pcm.astype("<i2").tobytes())
+            self.send(pcm.astype("<i2").tobytes())
         else:
             self.emit("response.output_audio.delta", delta=ev.encode_pcm(pcm), **ids)
 

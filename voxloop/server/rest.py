@@ -18,10 +18,10 @@ import logging
 import os
 import time
 import wave
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -32,6 +32,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
 from voxloop import __version__
 from voxloop.pipeline.audio import decode_audio, resample
@@ -43,6 +44,7 @@ from voxloop.pipeline.config import (
 )
 from voxloop.pipeline.errors import TransientError
 from voxloop.pipeline.frames import PCM16
+from voxloop.pipeline.tasks import cancel_and_wait
 from voxloop.server.schemas import (
     ErrorBody,
     Health,
@@ -75,6 +77,9 @@ OUTPUT_RATES = (16000, 24000, 48000)
 PROBE_TIMEOUT_S = 1.0
 PROBE_TTL_S = 3.0
 FORMATS_HINT = "upload a recording FFmpeg reads (WAV, FLAC, OGG/Opus, MP3, M4A, WebM)"
+CLIENT_GONE = 499  # nginx's "client closed request": nobody reads it, it only ends the handler quietly
+
+T = TypeVar("T")
 
 
 async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
@@ -292,9 +297,9 @@ async def transcribe(request: Request) -> Transcription:
     filename, data = upload.filename, upload.data
     if not data:
         raise HTTPException(400, f"{filename!r} is empty: {FORMATS_HINT}")
-    pcm = await _decode(filename, data)
+    pcm = await unless_disconnected(request, _decode(filename, data))
     duration_s = len(pcm) / STT_RATE
-    result = await engines.stt.atranscribe(pcm)
+    result = await unless_disconnected(request, engines.stt.atranscribe(pcm))
     extra = {
         "event": "rest_transcribe",
         "bytes": len(data),
@@ -333,9 +338,11 @@ async def read_upload(request: Request, hint: str) -> Upload:
         raise _too_big(max_bytes)
     parser = MultiPartParser(request.headers, _limited(request.stream(), limit), max_files=1, max_fields=8)
     try:
-        form = await parser.parse()
+        form = await parser.parse()  # on any error the parser closes the files it spooled
     except MultiPartException as exc:
         raise HTTPException(400, f"the multipart form is malformed ({exc.message}): {hint}") from None
+    except ClientDisconnect:
+        raise client_gone(request.url.path, "upload") from None
     try:
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
@@ -357,6 +364,31 @@ async def _limited(stream: AsyncIterator[bytes], limit: int) -> AsyncGenerator[b
         if total > limit:
             raise _too_big(limit - MULTIPART_SLACK)
         yield chunk
+
+
+def client_gone(path: str, during: str) -> HTTPException:
+    """The client hung up: log it and end the handler (the answer can reach nobody)."""
+    log.info("client disconnected", extra={"event": "client_gone", "path": path, "during": during})
+    return HTTPException(CLIENT_GONE, f"the client closed the connection during the {during}")
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await `work` (after the request body was read), cancelling it as soon as the client disconnects:
+    a dropped upload stops using the models at once. Raises HTTPException(499) then."""
+    job = asyncio.ensure_future(work)
+    watcher = asyncio.create_task(_disconnected(request), name="http-disconnect-watch")
+    try:
+        await asyncio.wait((job, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        await cancel_and_wait(*(task for task in (job, watcher) if not task.done()))
+    if job.cancelled():
+        raise client_gone(request.url.path, "processing")
+    return job.result()
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def upload_limit(request: Request) -> int:

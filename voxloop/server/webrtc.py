@@ -22,12 +22,14 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 from aiortc.rtcdatachannel import RTCDataChannel
 from aiortc.sdp import candidate_from_sdp
 from fastapi import APIRouter, HTTPException, Request, Response
+from starlette.requests import ClientDisconnect
 
 from voxloop.pipeline.tasks import cancel_and_wait
 from voxloop.server.limits import sessions_full
 from voxloop.server.realtime import RealtimeConnection
+from voxloop.server.rest import client_gone, unless_disconnected
 from voxloop.server.rtc_audio import ReplyTrack, read_track
-from voxloop.server.transport import TransportClosed
+from voxloop.server.transport import ClientNotReading, TransportClosed
 
 if TYPE_CHECKING:
     from aiortc.mediastreams import MediaStreamTrack
@@ -48,7 +50,8 @@ router = APIRouter(tags=["realtime"])
 class DataChannelTransport:
     """The `oai-events` data channel as a Transport (server/transport.py)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_buffered_bytes: int) -> None:
+        self.max_buffered_bytes = max_buffered_bytes  # limits.send_buffer_bytes
         self.channel: RTCDataChannel | None = None
         self.opened = asyncio.Event()
         self._inbox: asyncio.Queue[str | bytes | None] = asyncio.Queue()
@@ -77,7 +80,7 @@ class DataChannelTransport:
     async def send_bytes(self, data: bytes) -> None:
         self._open_channel().send(data)
 
-    async def close(self, code: int, reason: str) -> None:
+    async def close(self, code: int, reason: str, *, now: bool = False) -> None:
         if self.channel is not None:
             self.channel.close()
         self._inbox.put_nowait(None)
@@ -85,6 +88,11 @@ class DataChannelTransport:
     def _open_channel(self) -> RTCDataChannel:
         if self.channel is None or self.channel.readyState != "open":
             raise TransportClosed
+        if self.channel.bufferedAmount > self.max_buffered_bytes:  # SCTP holds what the peer has not taken
+            raise ClientNotReading(
+                f"client is not reading: over {self.max_buffered_bytes} bytes waiting on the data channel "
+                "(limits.send_buffer_bytes)"
+            )
         return self.channel
 
 
@@ -101,8 +109,10 @@ class RtcCall:
         self.id = "rtc_" + uuid.uuid4().hex[:16]
         self.settings: WebRtcSettings = state.settings.webrtc
         self.registry = state.connections  # shutdown tells every open session, WebSocket or WebRTC
+        self.peers: set[RtcCall] = state.rtc_calls.peers
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers(self.settings)))
-        self.events = DataChannelTransport()
+        self.peers.add(self)  # until close_peer(): /metrics counts it (voxloop_peer_connections)
+        self.events = DataChannelTransport(state.settings.limits.send_buffer_bytes)
         self.track = ReplyTrack()
         self.mic: MediaStreamTrack | None = None
         self.connection = RealtimeConnection(
@@ -158,8 +168,15 @@ class RtcCall:
         finally:
             self.registry.open.discard(self.connection)
             self.track.stop()
-            await self.pc.close()
+            await self.close_peer()
             log.info("webrtc call ended", extra={"event": "rtc_call_close", "call": self.id})
+
+    async def close_peer(self) -> None:
+        """Close the peer connection (ICE, DTLS, SCTP and their tasks); safe to call more than once."""
+        try:
+            await self.pc.close()
+        finally:
+            self.peers.discard(self)
 
     async def _read_mic(self) -> None:
         assert self.mic is not None
@@ -186,6 +203,7 @@ class RtcCalls:
 
     def __init__(self) -> None:
         self.calls: dict[str, RtcCall] = {}
+        self.peers: set[RtcCall] = set()  # every peer connection made and not yet closed, started or not
         self.tasks: set[asyncio.Task[None]] = set()
 
     def start(self, call: RtcCall) -> None:
@@ -220,6 +238,8 @@ async def _body(request: Request, media_type: str) -> str:
         raise HTTPException(415, f"send the body as Content-Type: {media_type} (got {given or 'none'})")
     try:
         return (await request.body()).decode("utf-8")
+    except ClientDisconnect:
+        raise client_gone(request.url.path, "upload") from None
     except UnicodeDecodeError:
         raise HTTPException(400, "the body is not UTF-8 text") from None
 
@@ -246,10 +266,16 @@ async def create_call(request: Request) -> Response:
         raise HTTPException(400, "the body must be an SDP offer (starting with v=0, with an m= section)")
     call = RtcCall(request)
     try:
-        answer = await call.answer(offer)
+        answer = await unless_disconnected(request, call.answer(offer))  # a client gone mid-negotiation: 499
     except (ValueError, AttributeError) as exc:
-        await call.pc.close()
+        await call.close_peer()
         raise HTTPException(400, f"the SDP offer could not be used: {exc}") from None
+    except BaseException:
+        await call.close_peer()
+        raise
+    if await request.is_disconnected():  # gone as the answer was made: nobody will connect to this peer
+        await call.close_peer()
+        raise client_gone(request.url.path, "negotiation")
     request.app.state.rtc_calls.start(call)
     return Response(answer, 201, media_type=SDP_TYPE, headers={"Location": f"/v1/realtime/calls/{call.id}"})
 
@@ -267,5 +293,5 @@ async def trickle(call_id: str, request: Request) -> Response:
 async def hang_up(call_id: str, request: Request) -> Response:
     """End a call: its session closes and its peer connection is freed."""
     call = _call(request, call_id)
-    await call.pc.close()
+    await call.close_peer()
     return Response(status_code=204)

@@ -8,15 +8,35 @@
     voxloop_sessions_opened_total     realtime sessions opened
     voxloop_sessions                  realtime sessions open now
     voxloop_late_input_frames_total   input frames that reached the VAD over 100 ms after arriving
+    voxloop_llm_retries_total{reason} LLM requests retried before a first token (trace notes.llm_retries)
+
+A debug view of what the process holds, read at scrape time, so a test or a soak run can tell
+that a dropped client left nothing behind (counts only: nothing a user said or sent):
+
+    voxloop_asyncio_tasks             tasks alive on the server's event loop
+    voxloop_threads                   Python threads alive (model workers, executors)
+    voxloop_peer_connections          WebRTC peer connections not yet closed (see `watch`)
+    process_*                         prometheus_client's process collector: RSS, open fds, CPU (Linux)
 
 Each sink owns its CollectorRegistry, so two apps in one process never share counts.
 """
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 
 if TYPE_CHECKING:
     from voxloop.pipeline.session import Session
@@ -47,6 +67,17 @@ class PrometheusSink:
         self.late_input = Counter(
             "voxloop_late_input_frames", "Input frames that reached the VAD over 100 ms after arriving", registry=r
         )
+        self.llm_retries = Counter("voxloop_llm_retries", "LLM requests retried, by reason", ["reason"], registry=r)
+        self.tasks = Gauge("voxloop_asyncio_tasks", "Tasks alive on the server's event loop", registry=r)
+        self.tasks.set_function(_loop_tasks)
+        self.threads = Gauge("voxloop_threads", "Python threads alive", registry=r)
+        self.threads.set_function(threading.active_count)
+        self.peers = Gauge("voxloop_peer_connections", "WebRTC peer connections not yet closed", registry=r)
+        ProcessCollector(registry=r)
+
+    def watch(self, *, peer_connections: Callable[[], int]) -> None:
+        """Read the app's live counts at scrape time (the sink itself knows no server objects)."""
+        self.peers.set_function(peer_connections)
 
     def exposition(self) -> bytes:
         """The registry in Prometheus' text format."""
@@ -59,6 +90,8 @@ class PrometheusSink:
         if trace.voice_to_voice_ms is not None:
             self.v2v.observe(max(trace.voice_to_voice_ms, 0.0) / 1000)
         self.late_input.inc(trace.notes.get("late_input_frames", 0))
+        for reason in trace.notes.get("llm_retries", ()):
+            self.llm_retries.labels(reason=reason).inc()
 
     def session_opened(self, session: Session) -> None:
         self.sessions_opened.inc()
@@ -75,3 +108,11 @@ class PrometheusSink:
 
     def close(self) -> None:
         pass
+
+
+def _loop_tasks() -> int:
+    """Tasks on the running loop; 0 when scraped off the loop (no running loop in this thread)."""
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:
+        return 0
