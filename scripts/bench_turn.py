@@ -17,6 +17,7 @@ import json
 import os
 import statistics
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,7 @@ async def bench_turns(engines: Engines, clips: list[tuple[str, np.ndarray]]) -> 
     v2v: list[float] = []
     lags: list[float] = []
     unanswered = []
+    kinds: Counter[str] = Counter()  # how each turn ended, and whether its reply was speculative
     for clip_id, pcm in clips:
         result = await converse(pcm, engines.settings, realtime=True, engines=engines)
         lags.append(result.max_loop_lag_ms)
@@ -106,12 +108,15 @@ async def bench_turns(engines: Engines, clips: list[tuple[str, np.ndarray]]) -> 
                 spans[label].append(value)
             if turn.trace.voice_to_voice_ms is not None:
                 v2v.append(turn.trace.voice_to_voice_ms)
+            notes = turn.trace.notes
+            kinds[f"endpoint {notes.get('endpoint', '?')}, reply {notes.get('reply', 'after the endpoint')}"] += 1
         print(f"  {clip_id:<32} v2v {v2v[-1] if v2v else float('nan'):7.0f} ms", flush=True)
     return {
         "spans_ms": {label: summary(values) for label, values in spans.items() if values},
         "voice_to_voice_ms": summary(v2v),
         "max_loop_lag_ms": summary(lags),
         "unanswered": unanswered,
+        "kinds": dict(kinds),
     }
 
 
@@ -145,6 +150,8 @@ def report(result: dict[str, Any]) -> None:
     v2v = result["turns"]["voice_to_voice_ms"]
     if v2v:
         print(f"  {'voice-to-voice':<18} {v2v['median']:9.0f} {v2v['p95']:8.0f} {v2v['max']:8.0f}")
+    for kind, count in result["turns"]["kinds"].items():
+        print(f"  {count:3d} turns: {kind}")
     llm = result["llm"]
     print(f"STT real-time factor: {result['stt']['real_time_factor']:.3f}")
     print(

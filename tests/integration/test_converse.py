@@ -22,6 +22,7 @@ from voxloop.pipeline.trace import TURN_MARKS
 pytestmark = pytest.mark.integration
 
 CLIP = "audio/librivox_ss01_0930.wav"  # "he might even have been made amiable himself" (3.3 s)
+PAUSED_CLIP = "audio/ljspeech_LJ001-0001.wav"  # "Printing, in the only sense ..., differs from ... the Exhibition"
 
 
 @pytest.fixture(scope="module")
@@ -57,12 +58,17 @@ async def test_a_spoken_question_gets_a_spoken_answer(eval_dir: Path, engines: E
     heard = engines.stt.transcribe(resample(reply, result.sample_rate, 16000)).text
     assert jiwer.wer(words(turn.assistant), words(heard)) < 0.5
 
-    # Every mark up to the first audio leaving is set, in causal order.
+    # Every mark up to the first audio leaving is set, in causal order along both lines: the user's
+    # (end of speech, endpoint, final transcript) and the reply's, which was prepared on the early
+    # transcript during the hangover (a speculative reply) and held until the endpoint.
     marks = turn.trace.marks
-    expected = [m for m in TURN_MARKS if m != "playback_start"]
-    assert [m for m in marks if m in TURN_MARKS] == expected
-    times = [marks[m] for m in expected]
-    assert times == sorted(times)
+    assert turn.trace.notes["reply"] == "speculative"
+    assert set(TURN_MARKS) - set(marks) == {"playback_start"}
+    user_line = ["speech_end", "endpoint", "stt_final", "first_audio_sent"]
+    reply_line = ["stt_speculative", "llm_first_token", "first_chunk", "tts_first_audio", "first_audio_sent"]
+    for line in (user_line, reply_line):
+        assert [marks[m] for m in line] == sorted(marks[m] for m in line), line
+    assert sum(turn.trace.spans_ms().values()) == pytest.approx(turn.trace.voice_to_voice_ms)
     # Speculative work is marked off the main line: the pause came before the end was decided.
     assert marks["speech_end"] < marks["speech_pause"] < marks["stt_speculative"] <= marks["stt_final"]
     # The endpoint is decided one silence hangover after the true end of speech: the eager one when
@@ -70,6 +76,27 @@ async def test_a_spoken_question_gets_a_spoken_answer(eval_dir: Path, engines: E
     vad = engines.settings.vad
     hangover = vad.eager_hangover_ms if turn.trace.notes["endpoint"] == "eager" else vad.hangover_ms
     assert hangover - 100 < turn.trace.ms("speech_end", "endpoint") < hangover + 250  # type: ignore[operator]
+
+
+async def test_a_pause_inside_a_sentence_is_not_answered(eval_dir: Path, engines: Engines) -> None:
+    """Each pause inside the sentence starts a speculative reply; the talk goes on, so each is
+    dropped unheard, and the one reply answers the whole sentence after its real end. (The eager
+    end is off here: Whisper puts a full stop at this clip's first comma.)"""
+    pcm, _ = read_wav(eval_dir / PAUSED_CLIP)
+    settings = engines.settings
+    engines.settings = settings.model_copy(update={"vad": settings.vad.model_copy(update={"eager_hangover_ms": 0})})
+    try:
+        result = await converse(pcm, engines.settings, realtime=True, engines=engines)
+    finally:
+        engines.settings = settings
+    assert result.errors == []
+    assert len(result.turns) == 1
+    turn = result.turns[0]
+    assert turn.trace.notes.get("speculations_dropped", 0) >= 1, turn.trace.notes
+    assert "exhibition" in words(turn.user)  # the words after the pauses are in the question
+    marks = turn.trace.marks
+    assert marks["first_audio_sent"] > marks["endpoint"]  # nothing was heard before the turn ended
+    assert len(result.reply_pcm) / result.sample_rate > 0.5
 
 
 async def test_two_turns_share_one_history(eval_dir: Path, engines: Engines) -> None:

@@ -21,6 +21,7 @@ from voxloop.pipeline.errors import AssetError, ConfigError
 from voxloop.pipeline.frames import EndOfInput, SpeechEnded, Transcript
 from voxloop.pipeline.graph import Graph
 from voxloop.pipeline.session import Message, Session, State
+from voxloop.pipeline.workers import batch_priority
 from voxloop.stages.stt import SAMPLE_RATE, SttResult, SttStage, WhisperEngine, load_whisper
 
 pytestmark = pytest.mark.integration
@@ -227,3 +228,26 @@ async def test_a_speculative_end_is_transcribed_once_and_reused_by_the_final_end
             await asyncio.wait_for(graph.output.get(), timeout=60)
     assert calls[1:] == [len(speech), 2 * len(speech)]
     assert session.trace.notes["stt_speculative"] == "miss"
+
+
+async def test_a_long_upload_yields_the_model_to_a_live_turn(engine: WhisperEngine, eval_dir: Path) -> None:
+    """A REST transcription of a long file runs at batch priority, window by window: a live
+    utterance that arrives meanwhile is transcribed between two windows, not after the file."""
+    long_pcm = read16k(eval_dir / "audio" / "rstt_demo_full.wav")  # 52 s: two Whisper windows
+    short_pcm = read16k(eval_dir / "audio" / "jfk.wav")
+    alone_started = time.perf_counter()
+    await engine.atranscribe(short_pcm)
+    alone_s = time.perf_counter() - alone_started
+
+    with batch_priority():
+        upload = asyncio.create_task(engine.atranscribe(long_pcm))
+    await asyncio.sleep(0.3)  # the first window is being decoded
+    live_started = time.perf_counter()
+    live = await engine.atranscribe(short_pcm)
+    live_s = time.perf_counter() - live_started
+    assert not upload.done(), "the upload finished before the live turn: the test proves nothing"
+    long = await upload
+
+    assert "ask not what your country" in live.text.lower()
+    assert "transcription" in long.text.lower() and "enjoyed the demo" in long.text.lower()
+    print(f"live turn alone {alone_s * 1000:.0f} ms, during the upload {live_s * 1000:.0f} ms")

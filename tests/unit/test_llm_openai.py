@@ -66,6 +66,7 @@ class Reply:
     content_type: str = "text/event-stream"
     hold: bool = False  # after the parts, keep the response open until the client hangs up
     delay_headers_s: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -73,6 +74,7 @@ class Request:
     path: str
     headers: dict[str, str]
     body: dict[str, Any]
+    at: float = 0.0  # the loop's clock when it arrived
 
 
 class ScriptedServer:
@@ -117,11 +119,12 @@ class ScriptedServer:
         request_line, *lines = head.strip().split("\r\n")
         headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
         body = json.loads(await reader.readexactly(int(headers.get("content-length", "0"))) or b"{}")
-        self.requests.append(Request(request_line.split()[1], headers, body))
+        self.requests.append(Request(request_line.split()[1], headers, body, asyncio.get_running_loop().time()))
         reply = self.replies.pop(0) if self.replies else Reply(sse("ok"))
         await asyncio.sleep(reply.delay_headers_s)
+        extra = "".join(f"{name}: {value}\r\n" for name, value in reply.headers.items())
         writer.write(
-            f"HTTP/1.1 {reply.status} X\r\ncontent-type: {reply.content_type}\r\n"
+            f"HTTP/1.1 {reply.status} X\r\ncontent-type: {reply.content_type}\r\n{extra}"
             "transfer-encoding: chunked\r\nconnection: close\r\n\r\n".encode()
         )
         for part in reply.parts:
@@ -458,15 +461,15 @@ async def test_the_stage_ignores_partial_transcripts(server: ScriptedServer, bac
     assert server.requests == []
 
 
-async def test_the_stage_apologises_then_raises_when_the_server_fails(
+async def test_the_stage_apologises_then_raises_when_the_server_keeps_failing(
     server: ScriptedServer, backend: OpenAICompatBackend
 ) -> None:
-    server.replies.append(Reply([b"overloaded"], status=503, content_type="text/plain"))
+    server.replies += [Reply([b"overloaded"], status=503, content_type="text/plain") for _ in range(5)]
     session = Session()
     session.user_said("hello")
-    stage = LlmStage(session, settings_for(server), backend)
+    stage = LlmStage(session, settings_for(server, retry_max_attempts=3, retry_backoff_initial_s=0.01), backend)
     out: list[Frame] = []
-    with pytest.raises(TransientError, match="answered 503: overloaded"):
+    with pytest.raises(TransientError, match=r"answered 503: overloaded \(gave up after 3 attempts in "):
         await drain(stage.process(session.make(Transcript, text="hello")), out)
     assert [(type(f), getattr(f, "text", None)) for f in out] == [
         (Transcript, "hello"),
@@ -474,6 +477,66 @@ async def test_the_stage_apologises_then_raises_when_the_server_fails(
         (ReplyDone, FALLBACK_REPLY),
     ]
     assert "llm_first_token" not in session.trace.marks
+    assert len(server.requests) == 3
+    assert session.trace.notes["llm_retries"] == ["http_5xx", "http_5xx"]
+    assert session.trace.notes["llm_fallback"] == "http_5xx"
+
+
+async def test_the_stage_retries_a_server_error_and_the_reply_comes_through(
+    server: ScriptedServer, backend: OpenAICompatBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    server.replies += [Reply([b"loading"], status=503, content_type="text/plain"), Reply(sse("Fine", " thanks."))]
+    session = Session()
+    session.user_said("secret question")
+    stage = LlmStage(session, settings_for(server, retry_backoff_initial_s=0.05), backend)
+    out = await run_stage(stage, session.make(Transcript, text="secret question"))
+    assert [f.text for f in out if isinstance(f, ReplyDone)] == ["Fine thanks."]
+    assert len(server.requests) == 2 and server.requests[0].body == server.requests[1].body
+    assert session.trace.notes["llm_retries"] == ["http_5xx"] and "llm_fallback" not in session.trace.notes
+    retries = [r for r in caplog.records if getattr(r, "event", None) == "llm_retry"]
+    assert [(r.__dict__["attempt"], r.__dict__["reason"]) for r in retries] == [(1, "http_5xx")]
+    assert 25 <= retries[0].__dict__["delay_ms"] <= 50  # the first pause, jittered down by at most half
+    assert "secret" not in caplog.text  # the user's words never reach the log
+
+
+async def test_retry_after_from_a_429_is_honoured(server: ScriptedServer, backend: OpenAICompatBackend) -> None:
+    limited = Reply([b'{"error": {"message": "slow down"}}'], status=429, content_type="application/json")
+    limited.headers["Retry-After"] = "0.4"
+    server.replies += [limited, Reply(sse("ok"))]
+    session = Session()
+    session.user_said("hi")
+    stage = LlmStage(session, settings_for(server, retry_backoff_initial_s=0.01), backend)
+    out = await run_stage(stage, session.make(Transcript, text="hi"))
+    assert [f.text for f in out if isinstance(f, ReplyDone)] == ["ok"]
+    assert server.requests[1].at - server.requests[0].at >= 0.38
+    assert session.trace.notes["llm_retries"] == ["http_429"]
+
+
+@pytest.mark.parametrize(("status", "hint"), [(401, "put a valid key"), (404, "check llm.base_url")])
+async def test_a_bad_key_or_url_is_said_at_once_without_retrying(
+    server: ScriptedServer, backend: OpenAICompatBackend, status: int, hint: str
+) -> None:
+    server.replies.append(Reply([b'{"error": {"message": "nope"}}'], status=status, content_type="application/json"))
+    session = Session()
+    session.user_said("hi")
+    out: list[Frame] = []
+    with pytest.raises(TransientError, match=hint):
+        await drain(LlmStage(session, settings_for(server), backend).process(session.make(Transcript, text="hi")), out)
+    assert len(server.requests) == 1  # the next reply would have been a good one: it was never asked for
+    assert [f.text for f in out if isinstance(f, ReplyText)] == [FALLBACK_REPLY]
+    assert "llm_retries" not in session.trace.notes
+
+
+async def test_a_malformed_stream_before_any_content_is_retried(
+    server: ScriptedServer, backend: OpenAICompatBackend
+) -> None:
+    server.replies += [Reply([event(chunk(role="assistant")), b"data: {oops\n\n"]), Reply(sse("ok"))]
+    session = Session()
+    session.user_said("hi")
+    out = await run_stage(LlmStage(session, settings_for(server), backend), session.make(Transcript, text="hi"))
+    assert [f.text for f in out if isinstance(f, ReplyDone)] == ["ok"]
+    assert session.trace.notes["llm_retries"] == ["malformed"]
 
 
 async def test_a_reply_cut_off_mid_stream_ends_with_the_apology(
@@ -481,7 +544,7 @@ async def test_a_reply_cut_off_mid_stream_ends_with_the_apology(
 ) -> None:
     server.replies.append(Reply([event(chunk("The answer")), event(chunk(" is")), b"data: {oops\n\n"]))
     session = Session()
-    session.user_said("question")
+    session.user_said("question")  # the next reply would be fine: a retry would repeat "The answer is"
     out: list[Frame] = []
     stage = LlmStage(session, settings_for(server), backend)
     with pytest.raises(TransientError, match="malformed stream"):
@@ -489,12 +552,13 @@ async def test_a_reply_cut_off_mid_stream_ends_with_the_apology(
     texts = [f.text for f in out if isinstance(f, ReplyText)]
     assert texts == ["The answer", " is", "\n" + FALLBACK_REPLY]
     assert isinstance(out[-1], ReplyDone) and out[-1].text == f"The answer is {FALLBACK_REPLY}"
+    assert len(server.requests) == 1 and "llm_retries" not in session.trace.notes
 
 
 async def test_in_a_graph_a_failure_is_spoken_and_reported(server: ScriptedServer) -> None:
     server.replies.append(Reply([b"boom"], status=500, content_type="text/plain"))
     session = Session()
-    settings = settings_for(server)
+    settings = settings_for(server, retry_max_attempts=1)
     client = OpenAICompatBackend(settings, env={})
     graph = Graph(session, [LlmStage(session, settings, client), ChunkerStage(session)])
     out: list[Frame] = []

@@ -90,6 +90,10 @@ class VadSettings(Section):
         ge=0,
         description="silence that ends the turn when the early transcript reads as a finished sentence; 0: off",
     )
+    speculative_reply: bool = Field(
+        True,
+        description="answer the early transcript while the hangover runs; its audio is held until the turn ends",
+    )
     preroll_ms: int = Field(300, ge=0)
     max_utterance_s: float = Field(30.0, gt=1.0)
 
@@ -139,7 +143,16 @@ class LlmSettings(Section):
     connect_timeout_s: float = Field(3.0, gt=0)
     first_token_timeout_s: float = Field(10.0, gt=0)
     total_timeout_s: float = Field(30.0, gt=0)
+    turn_deadline_s: float = Field(
+        6.0, gt=0, description="openai: longest wait for a first token, retries included; then the apology"
+    )
+    retry_max_attempts: int = Field(4, ge=1, description="openai: requests per turn at most; 1: never retry")
+    retry_backoff_initial_s: float = Field(0.25, gt=0, description="the first pause before a retry; doubles each time")
+    retry_backoff_max_s: float = Field(2.0, gt=0, description="the longest pause between two attempts")
     threads: int = Field(0, ge=0, description="embedded: CPU threads, 0 = all cores")
+    first_audio_first: bool = Field(
+        True, description="pause generation after the first clause until the TTS has made its audio"
+    )
     context_tokens: int = Field(2048, ge=256)
 
 
@@ -276,6 +289,18 @@ class LimitsSettings(Section):
     events_per_s: float = Field(1000.0, gt=0, description="client messages per second per connection (sustained)")
     event_burst: int = Field(3000, ge=1, description="messages a connection may send at once above the rate")
     abuse_close_s: float = Field(5.0, gt=0, description="over the rate this long closes the connection (1008)")
+    send_timeout_s: float = Field(
+        10.0, gt=0, description="a message the client has not taken this long: it is not reading; closed (1008)"
+    )
+    send_buffer_bytes: int = Field(
+        8 << 20, ge=64 * 1024, description="bytes a connection may have waiting to be sent; more: closed (1008)"
+    )
+    stalled_linger_s: float = Field(
+        10.0, ge=0, description="a closed client that is not reading has this long to read the close, then is dropped"
+    )
+    send_socket_bytes: int = Field(
+        256 * 1024, ge=0, description="kernel send buffer per realtime socket (SO_SNDBUF); 0: the kernel's autotuning"
+    )
 
 
 class IceServer(Section):
@@ -289,18 +314,6 @@ class IceServer(Section):
     @classmethod
     def _one_url(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
-    send_timeout_s: float = Field(
-        10.0, gt=0, description="a message the client has not taken this long: it is not reading; closed (1008)"
-    )
-    send_buffer_bytes: int = Field(
-        8 << 20, ge=64 * 1024, description="bytes a connection may have waiting to be sent; more: closed (1008)"
-    )
-    stalled_linger_s: float = Field(
-        10.0, ge=0, description="a closed client that is not reading has this long to read the close, then is dropped"
-    )
-    send_socket_bytes: int = Field(
-        256 * 1024, ge=0, description="kernel send buffer per realtime socket (SO_SNDBUF); 0: the kernel's autotuning"
-    )
 
 
 class WebRtcSettings(Section):

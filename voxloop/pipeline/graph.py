@@ -11,6 +11,10 @@ On interrupt (Session.interrupt → Graph._on_interrupt): every lane drops data 
 epochs, every child task working on such a frame is cancelled and awaited (bounded), and an
 Interrupt control frame is queued for each stage (which calls `stage.reset()`) and for the
 output, whose reader tells the client to flush its playback.
+
+A speculative reply (pipeline/speculation.py) runs through the same stages; its output is
+held by the output reader until the session confirms the turn, or flushed like an interrupt
+(but unseen by the client) when the session drops it.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from collections.abc import AsyncGenerator, Sequence
 from voxloop.pipeline.errors import FatalError
 from voxloop.pipeline.frames import EndOfInput, ErrorFrame, Frame, Interrupt
 from voxloop.pipeline.session import Session
+from voxloop.pipeline.speculation import ReplyHold, SpeculationConfirmed
 from voxloop.pipeline.stage import Stage
 from voxloop.pipeline.tasks import cancel_and_wait
 
@@ -88,7 +93,9 @@ class Graph:
         self._runners: list[asyncio.Task[None]] = []
         self._inflight: dict[int, tuple[Frame, asyncio.Task[None]]] = {}
         self.dropped = 0
-        session.on_interrupt(self._on_interrupt)
+        self._hold = ReplyHold()
+        session.on_flush(self._on_interrupt)
+        session.on_confirm(self._on_confirm)
 
     @property
     def output(self) -> Lane:
@@ -107,13 +114,17 @@ class Graph:
         await self._lanes[0].put(frame)
 
     async def frames(self) -> AsyncGenerator[Frame, None]:
-        """The graph's output, stale frames already dropped."""
+        """The graph's output, stale frames already dropped, a speculative reply held until confirmed."""
         while True:
             frame = await self.output.get()
             if is_stale(frame, self.session.epoch):
                 self.dropped += 1
                 continue
-            yield frame
+            released = self._hold.through(frame, self.session.speculation, self.session.epoch)
+            if isinstance(frame, SpeculationConfirmed) and released:
+                self.session.speculation_released()
+            for out in released:
+                yield out
 
     async def close(self) -> None:
         await cancel_and_wait(*self._runners)
@@ -177,6 +188,9 @@ class Graph:
             message = str(exc) or type(exc).__name__
             error = self.session.make(ErrorFrame, stage=stage.name, message=message, fatal=isinstance(exc, FatalError))
             await outbox.put(error)
+
+    async def _on_confirm(self) -> None:
+        await self.output.put(self.session.make(SpeculationConfirmed))
 
     async def _on_interrupt(self, epoch: int, reason: str) -> None:
         for lane in self._lanes:

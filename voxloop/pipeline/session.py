@@ -8,6 +8,7 @@ work of older epochs, and cuts the assistant's pending reply to what was actuall
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import uuid
 from collections.abc import Awaitable, Callable
@@ -16,11 +17,13 @@ from typing import Any, TypeVar
 
 from voxloop.pipeline.clock import Clock, MonotonicClock
 from voxloop.pipeline.frames import AudioOutput, Frame, ReplyDone
+from voxloop.pipeline.speculation import REPLY_MARKS, SPECULATION_DROPPED, Speculation
 from voxloop.pipeline.trace import TurnTrace
 
 F = TypeVar("F", bound=Frame)
 
 InterruptHandler = Callable[[int, str], Awaitable[None]]
+ConfirmHandler = Callable[[], Awaitable[None]]
 StateListener = Callable[["State"], None]
 
 
@@ -59,7 +62,12 @@ class Session:
         # The speech_end_ns of the pause whose early transcript reads as a finished sentence: the
         # STT sets it, the VAD then ends the turn after the shorter, eager hangover.
         self.finished_sentence_ns: int | None = None
+        self.speculative_reply = False  # answer early transcripts during the hangover (pipeline/speculation.py)
+        self.speculation: Speculation | None = None
+        self._flush_handlers: list[InterruptHandler] = []  # the graph: drops the work of older epochs
         self._interrupt_handlers: list[InterruptHandler] = []
+        self._confirm_handlers: list[ConfirmHandler] = []
+        self._mark_waiters: dict[str, asyncio.Event] = {}
         self._emitted: list[str] = []  # chunks of the current reply that reached the output
         self._emitted_chunk = -1
         self._unanswered: str = ""  # user text whose reply was cut before it made a sound
@@ -92,6 +100,21 @@ class Session:
 
     def mark(self, name: str, t_ns: int | None = None, *, replace: bool = False) -> None:
         self.trace.mark(name, self.now_ns() if t_ns is None else t_ns, replace=replace)
+        waiter = self._mark_waiters.pop(name, None)
+        if waiter is not None:
+            waiter.set()
+
+    async def wait_for_mark(self, name: str, timeout_s: float) -> bool:
+        """Wait until this turn's trace has the mark `name`, at most `timeout_s`; True if it has."""
+        if name in self.trace.marks:
+            return True
+        waiter = self._mark_waiters.setdefault(name, asyncio.Event())
+        try:
+            async with asyncio.timeout(timeout_s):
+                await waiter.wait()
+        except TimeoutError:
+            return False
+        return True
 
     # -- turn-taking -----------------------------------------------------------------------
 
@@ -128,13 +151,17 @@ class Session:
         If the previous reply was cut off before it made a sound, the user was most likely
         still talking after a pause: their earlier words are joined to these.
         """
-        text = " ".join(part for part in (self._unanswered, text.strip()) if part)
+        text = self.question(text)
         self._unanswered = ""
         if text:
             self._awaiting_reply = Message("user", text)
             self.history.append(self._awaiting_reply)
         self.state = State.THINKING if text and self.auto_respond else State.LISTENING
         return text
+
+    def question(self, text: str) -> str:
+        """What a reply to `text` answers: with the words of a reply cut off before it made a sound."""
+        return " ".join(part for part in (self._unanswered, text.strip()) if part)
 
     def reply_requested(self) -> None:
         """A client asked for a reply to the conversation so far (manual turns)."""
@@ -173,12 +200,18 @@ class Session:
 
     # -- interruption ----------------------------------------------------------------------
 
+    def on_flush(self, handler: InterruptHandler) -> None:
+        """`handler(epoch, reason)` drops the work of older epochs (the graph); called on every new epoch."""
+        self._flush_handlers.append(handler)
+
     def on_interrupt(self, handler: InterruptHandler) -> None:
+        """`handler(epoch, reason)` is told of interruptions the user sees (barge-in, cancel), after the flush."""
         self._interrupt_handlers.append(handler)
 
     async def interrupt(self, reason: str = "cancel") -> None:
         """Cancel the reply in flight: bump the epoch, flush the graph, trim history."""
         self.epoch += 1
+        self.speculation = None
         self.interrupts += 1
         said = " ".join(self._emitted).strip()
         self._reset_reply()
@@ -189,8 +222,53 @@ class Session:
         self._awaiting_reply = None
         self.trace.notes["interrupted"] = reason
         self._finish_turn()
-        for handler in self._interrupt_handlers:
+        for handler in [*self._flush_handlers, *self._interrupt_handlers]:
             await handler(self.epoch, reason)
+
+    # -- speculative replies (pipeline/speculation.py) -----------------------------------------
+
+    def begin_speculation(self, speech_end_ns: int) -> bool:
+        """May a reply to the pause ending at `speech_end_ns` start now, held until the turn ends?"""
+        if not (self.speculative_reply and self.auto_respond and self.user_speaking and self.speculation is None):
+            return False
+        self.speculation = Speculation(self.turn_id, speech_end_ns, self.epoch)
+        return True
+
+    def speculating(self, frame: Frame) -> bool:
+        """Is `frame` the early transcript a speculative reply was begun for?"""
+        s = self.speculation
+        return s is not None and s.confirmed is None and (frame.turn_id, frame.epoch) == (s.turn_id, s.epoch)
+
+    async def drop_speculation(self) -> None:
+        """The user went on talking (or said other words): throw the held reply away, unheard."""
+        if self.speculation is None or self.speculation.confirmed is not None:
+            return
+        self.speculation = None
+        self.epoch += 1
+        self.trace.clear(REPLY_MARKS)
+        self.trace.notes["speculations_dropped"] = self.trace.notes.get("speculations_dropped", 0) + 1
+        for handler in self._flush_handlers:
+            await handler(self.epoch, SPECULATION_DROPPED)
+
+    async def confirm_speculation(self, *ahead: Frame) -> bool:
+        """The turn ended with the words the speculative reply answers: let it out, after `ahead`
+        (the end of speech, the final transcript). False when no such reply is being prepared:
+        the caller then sends those frames on itself."""
+        s = self.speculation
+        if s is None or s.confirmed is not None or any((f.turn_id, f.epoch) != (s.turn_id, s.epoch) for f in ahead):
+            return False
+        s.confirmed = ahead
+        self.trace.notes["reply"] = "speculative"
+        for handler in self._confirm_handlers:
+            await handler()
+        return True
+
+    def on_confirm(self, handler: ConfirmHandler) -> None:
+        self._confirm_handlers.append(handler)
+
+    def speculation_released(self) -> None:
+        """The held reply left the graph: from here it is an ordinary reply."""
+        self.speculation = None
 
     def truncate_reply(self, played_text: str) -> None:
         """The client reports it played only `played_text` of the last reply."""

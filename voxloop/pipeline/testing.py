@@ -44,7 +44,8 @@ class NoWords(StageBase):
 
 
 class ScriptedLlm(StageBase):
-    """Answers every final transcript with `reply`, one word per `token_s` after `first_token_s`."""
+    """Answers every final transcript (and the early one of a speculative reply) with `reply`,
+    one word per `token_s` after `first_token_s`."""
 
     name = "llm"
     handles = (Transcript,)
@@ -56,6 +57,8 @@ class ScriptedLlm(StageBase):
 
     async def process(self, frame: Frame) -> AsyncIterator[Frame]:
         yield frame  # like the real LLM stage, pass the user's words on
+        if isinstance(frame, Transcript) and not (frame.final or self.session.speculating(frame)):
+            return
         try:
             await asyncio.sleep(self.first_token_s)
             for index, word in enumerate(self.reply.split(" ")):

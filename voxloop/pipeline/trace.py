@@ -16,8 +16,10 @@ and, when there was speculative work, two marks off the main line (the last paus
     speech_pause      the VAD announced a pause (`vad.speculate_ms` of silence): STT starts early
     stt_speculative   the early transcript of that pause was ready
 
-Voice-to-voice latency is speech_end → first_audio_sent. Each stage's share is the gap
-between its mark and the one before it.
+Voice-to-voice latency is speech_end → first_audio_sent. Each step's share is the time from
+the latest earlier mark to its own: a step that was done before the ones ahead of it (a
+speculative reply, prepared during the hangover) took no share of the wait, so the shares
+always add up to the voice-to-voice time.
 """
 
 from __future__ import annotations
@@ -66,6 +68,11 @@ class TurnTrace:
         self.marks[name] = t_ns
         return True
 
+    def clear(self, names: tuple[str, ...]) -> None:
+        """Forget marks of work that was thrown away (a dropped speculative reply)."""
+        for name in names:
+            self.marks.pop(name, None)
+
     def ms(self, start: str, end: str) -> float | None:
         if start in self.marks and end in self.marks:
             return (self.marks[end] - self.marks[start]) / 1e6
@@ -76,12 +83,14 @@ class TurnTrace:
         return self.ms("speech_end", "first_audio_sent")
 
     def spans_ms(self) -> dict[str, float]:
-        """Each step's duration in ms, for the steps whose two marks are both set."""
+        """Each step's share of the wait in ms, for the steps whose two marks are both set."""
         spans = {}
+        latest = 0  # the latest mark so far along the main line
         for label, start, end in SPANS:
-            value = self.ms(start, end)
-            if value is not None:
-                spans[label] = value
+            if start in self.marks:
+                latest = max(latest, self.marks[start])
+                if end in self.marks:
+                    spans[label] = max(0, self.marks[end] - latest) / 1e6
         return spans
 
     def to_dict(self) -> dict[str, Any]:

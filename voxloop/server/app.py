@@ -24,7 +24,7 @@ from voxloop.pipeline.config import Settings
 from voxloop.pipeline.looplag import LoopLagMonitor
 from voxloop.server.limits import sessions_full
 from voxloop.server.realtime import RealtimeConnection
-from voxloop.server.rest import invalid_request
+from voxloop.server.rest import BatchPriority, invalid_request
 from voxloop.server.security import SecurityMiddleware, build_gate, refuse_websocket
 from voxloop.server.transport import WebSocketTransport
 from voxloop.server.webrtc import RtcCalls
@@ -90,6 +90,7 @@ def create_app(settings: Settings, engines: Engines | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.gate = gate
     app.state.connections = connections
+    app.add_middleware(BatchPriority)
     app.add_middleware(SecurityMiddleware, gate=gate)
     app.add_middleware(CORSMiddleware, **gate.origins.cors_options())  # type: ignore[arg-type]
     app.state.tracer = tracer

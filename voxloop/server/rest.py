@@ -33,6 +33,7 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from voxloop import __version__
 from voxloop.pipeline.audio import decode_audio, resample
@@ -45,6 +46,7 @@ from voxloop.pipeline.config import (
 from voxloop.pipeline.errors import TransientError
 from voxloop.pipeline.frames import PCM16
 from voxloop.pipeline.tasks import cancel_and_wait
+from voxloop.pipeline.workers import batch_priority
 from voxloop.server.schemas import (
     ErrorBody,
     Health,
@@ -91,6 +93,21 @@ async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
     said = "; ".join(f"{at}: {e['msg']}" for at, e in zip(where, problems, strict=True))
     body = ErrorBody(detail=f"the request is not valid: {said}", errors=problems)
     return JSONResponse(body.model_dump(mode="json"), status_code=422)
+
+
+class BatchPriority:
+    """The REST API uses the shared models at batch priority: sessions in conversation go first,
+    and a long upload gives them the model between two Whisper windows (pipeline/workers.py)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/api/"):
+            with batch_priority():
+                await self.app(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:

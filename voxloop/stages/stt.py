@@ -12,12 +12,13 @@ guard rejects, which costs latency and, by sampling, makes hallucinations more l
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -245,8 +246,12 @@ class WhisperEngine:
         return result.rejected_reason == "repetitive" or (result.accepted and result.no_speech_prob > DOUBT_NO_SPEECH)
 
     def _transcribe(self, audio: npt.NDArray[np.float32], window: float) -> SttResult:
-        if isinstance(self.model, WindowedWhisper):
-            self.model.set_window(window)
+        segments = list(self._segments(audio, window))
+        return self._result(segments, segments[0][1] if segments else (self.settings.language or ""))
+
+    def _segments(self, audio: npt.NDArray[np.float32], window: float) -> Iterator[tuple[Segment, str]]:
+        """Whisper's segments with the detected language, decoded lazily, window by window."""
+        self._set_window(window)
         raw, info = self.model.transcribe(
             audio,
             language=self.settings.language,
@@ -260,18 +265,38 @@ class WhisperEngine:
             log_prob_threshold=None,
             compression_ratio_threshold=None,
         )
-        segments = [Segment(s.text, s.no_speech_prob, s.avg_logprob, s.compression_ratio) for s in raw]
+        decoded = iter(raw)
+        while True:
+            self._set_window(window)  # again: other calls may have used the model since the last segment
+            s = next(decoded, None)
+            if s is None:
+                return
+            yield Segment(s.text, s.no_speech_prob, s.avg_logprob, s.compression_ratio), info.language
+
+    def _set_window(self, window: float) -> None:
+        if isinstance(self.model, WindowedWhisper):
+            self.model.set_window(window)
+
+    def _result(self, found: Sequence[tuple[Segment, str]], language: str) -> SttResult:
+        segments = [segment for segment, _ in found]
         verdict = self.guard.judge(segments)
         return SttResult(
             text=verdict.text,
-            language=info.language,
+            language=language,
             no_speech_prob=max((s.no_speech_prob for s in segments), default=math.nan),
             avg_logprob=_mean([s.avg_logprob for s in segments]),
             rejected_reason=verdict.rejected_reason,
         )
 
     async def atranscribe(self, pcm16: PCM16) -> SttResult:
-        return await self.worker.run(self.transcribe, pcm16)
+        if len(pcm16) / SAMPLE_RATE <= FULL_WINDOW_S:
+            return await self.worker.run(self.transcribe, pcm16)
+        # A long recording (an upload) is read window by window, each window one item of a
+        # stream, so that live sessions get the model between two windows (pipeline/workers.py).
+        audio = pcm16_to_float32(pcm16)
+        windows = functools.partial(self._segments, audio, FULL_WINDOW_S)
+        found = [item async for item in self.worker.stream(windows, interleave=True)]
+        return self._result(found, found[0][1] if found else (self.settings.language or ""))
 
     def close(self) -> None:
         self.worker.shutdown()
@@ -353,6 +378,7 @@ class SttStage(StageBase):
             return None
         if reads_finished(result.text):
             self.session.finished_sentence_ns = pause.speech_end_ns
+        self.session.begin_speculation(pause.speech_end_ns)  # the LLM answers it now, held until the end
         return self.session.make(Transcript, text=result.text, final=False, language=result.language)
 
     def _speculation_for(self, end: SpeechEnded) -> SttResult | None:
@@ -383,9 +409,14 @@ class SttStage(StageBase):
             if partial is not None:
                 yield partial
             return
-        yield frame  # the transport reports the end of speech now, not after transcription
+        speculated = self._speculation_for(frame)
+        if speculated is None:
+            await self.session.drop_speculation()  # it answered words the user then added to
+        held = self.session.speculation is not None  # a reply to these very words waits at the output
+        if not held:
+            yield frame  # the transport reports the end of speech now, not after transcription
         started = time.perf_counter()
-        result = self._speculation_for(frame) or await self._transcribe(frame.audio)
+        result = speculated or await self._transcribe(frame.audio)
         self.session.mark("stt_final")
         facts = {
             "audio_s": round(len(frame.audio) / SAMPLE_RATE, 3),
@@ -402,4 +433,9 @@ class SttStage(StageBase):
             return
         log.info("transcript final", extra={"event": "stt_final", "chars": len(result.text), **facts})
         self.session.user_said(result.text)
-        yield self.session.make(Transcript, text=result.text, final=True, language=result.language)
+        transcript = self.session.make(Transcript, text=result.text, final=True, language=result.language)
+        if held and await self.session.confirm_speculation(frame, transcript):
+            return  # the output sends both, then the reply it holds
+        if held:
+            yield frame
+        yield transcript

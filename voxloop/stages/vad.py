@@ -240,6 +240,11 @@ class Endpointer:
         return self._phase is _Phase.SPEECH
 
     @property
+    def last_voiced_end(self) -> int:
+        """End of the last voiced window (of the utterance in progress, or the last one)."""
+        return self._last_voiced_end
+
+    @property
     def audio_end(self) -> int:
         """Index after the last sample appended."""
         return self._tape.end
@@ -376,12 +381,14 @@ class VadStage(StageBase):
         self._model = model
         self._stream = model.new_stream()
         self._endpointer = Endpointer(settings)
+        session.speculative_reply = settings.speculative_reply
         self._arrivals = _Arrivals(SAMPLE_RATE, _arrival_history(settings))
         self._pause: tuple[int, int] | None = None  # (speech end sample, its arrival ns) of the last pause
 
     def retune(self, settings: VadSettings) -> None:
         """Per-session turn detection (a client's session.update), from the next window on."""
         self.settings = settings
+        self.session.speculative_reply = settings.speculative_reply
         self._endpointer.retune(settings)
         self._arrivals.keep = max(self._arrivals.keep, _arrival_history(settings))
 
@@ -407,6 +414,9 @@ class VadStage(StageBase):
         events: list[VadEvent] = []
         for index, prob in enumerate(probs):
             events.extend(self._endpointer.update(prob, first_end + index * WINDOW))
+        if self._pause is not None and self._endpointer.last_voiced_end > self._pause[0]:
+            self._pause = None  # the pause was not the end: a reply speculated on it must not be heard
+            await self.session.drop_speculation()
         return events
 
     def _count_backlog(self, backlog_ns: int) -> None:

@@ -9,9 +9,13 @@ The user's words are expected in `session.history` already (Session.user_said, c
 the final transcript is made); the stage reads history and never writes it: the session
 commits the reply when its ReplyDone reaches the output, or what was played of it on barge-in.
 
-When the backend fails for this turn (TransientError: server down, timeout), the stage still
-finishes the reply with a short spoken apology before re-raising, so the user hears something
-and the graph reports the error. Users prefer that to silence.
+A server backend (openai) that fails before the reply's first token is retried with backoff,
+all attempts within llm.turn_deadline_s (see retry.py); each retry is logged (`llm_retry`) and
+noted in the turn's trace (`notes.llm_retries`, one reason per retry). When the backend still
+fails for this turn (TransientError: server down, timeout, or a failure after words were
+already spoken, which is never retried), the stage finishes the reply with a short spoken
+apology before re-raising, so the user hears something and the graph reports the error.
+Users prefer that to silence.
 """
 
 from __future__ import annotations
@@ -25,12 +29,14 @@ from voxloop.pipeline.errors import TransientError
 from voxloop.pipeline.frames import Frame, ReplyDone, ReplyText, Respond, Transcript
 from voxloop.pipeline.session import Message, Session
 from voxloop.pipeline.stage import StageBase
+from voxloop.stages.llm.retry import Retry, RetryPolicy, reason_of, stream_with_retries
 
 if TYPE_CHECKING:
     from voxloop.pipeline.assets import AssetStore
 
 log = logging.getLogger(__name__)
 
+FIRST_AUDIO_WAIT_S = 1.0  # the longest the model waits for the first clause's audio (a slow cloud voice)
 FALLBACK_REPLY = "Sorry, I can't answer right now."
 
 
@@ -99,32 +105,34 @@ class LlmStage(StageBase):
         self.session = session
         self.settings = settings
         self.backend = backend
+        # The embedded model fails for reasons a second try would not fix (the prompt is too long).
+        self.retry_policy = RetryPolicy.from_settings(settings) if settings.backend == "openai" else None
 
     async def process(self, frame: Frame) -> AsyncIterator[Frame]:
         if isinstance(frame, Transcript):
             yield frame  # the user's words go on to the transport at once, ahead of the reply
             if not frame.text.strip() or not self.session.auto_respond:
                 return  # manual turns wait for Respond
-            if not frame.final:
+            speculative = not frame.final and self.session.speculating(frame)
+            if not (frame.final or speculative):
                 await self._prefill(frame.text.strip())
                 return
-            question = frame.text.strip()
+            # A speculative reply (pipeline/speculation.py) answers the early transcript, not yet in history.
+            question = self.session.question(frame.text) if speculative else frame.text.strip()
         elif isinstance(frame, Respond):
             self.session.reply_requested()
-            question = ""  # the conversation so far is the question
+            question, speculative = "", False  # the conversation so far is the question
         else:
             return
         history = self.session.history
-        if question and (not history or history[-1].role != "user"):
+        if question and not speculative and (not history or history[-1].role != "user"):
             log.warning("final transcript not in history", extra={"event": "llm_transcript_not_in_history"})
         system_prompt = self.session.instructions or self.settings.system_prompt
         if isinstance(frame, Respond) and frame.instructions:
             system_prompt = frame.instructions
         messages = build_messages(system_prompt, history, self.settings.max_history_messages, question)
         parts: list[str] = []
-        deltas = self.backend.stream(
-            messages, max_tokens=self.settings.max_tokens, temperature=self.settings.temperature
-        )
+        deltas = self._stream(messages)
         try:
             async for delta in deltas:
                 if not delta:
@@ -133,10 +141,19 @@ class LlmStage(StageBase):
                     self.session.mark("llm_first_token")
                 parts.append(delta)
                 yield self.session.make(ReplyText, text=delta)
+                await self._first_audio_first()
         except TransientError as exc:
+            reason = reason_of(exc)
+            self.session.trace.notes["llm_fallback"] = reason
             log.warning(
                 "llm failed, apologising",
-                extra={"event": "llm_fallback", "backend": self.backend.name, "error": type(exc).__name__},
+                extra={
+                    "event": "llm_fallback",
+                    "backend": self.backend.name,
+                    "error": type(exc).__name__,
+                    "reason": reason,
+                    "after_content": bool(parts),
+                },
             )
             # A newline ends whatever sentence was cut off, so the apology is a chunk of its own.
             apology = ("\n" if parts else "") + FALLBACK_REPLY
@@ -146,6 +163,38 @@ class LlmStage(StageBase):
         finally:
             await _close(deltas)  # stop generation now, not when the iterator is collected
         yield self.session.make(ReplyDone, text="".join(parts).strip())
+
+    def _stream(self, messages: list[dict[str, str]]) -> AsyncIterator[str]:
+        def start() -> AsyncIterator[str]:
+            return self.backend.stream(
+                messages, max_tokens=self.settings.max_tokens, temperature=self.settings.temperature
+            )
+
+        if self.retry_policy is None:
+            return start()
+        return stream_with_retries(start, self.retry_policy, on_retry=self._retrying)
+
+    def _retrying(self, retry: Retry) -> None:
+        self.session.trace.notes.setdefault("llm_retries", []).append(retry.reason)
+        log.warning(
+            "llm attempt failed, retrying",
+            extra={
+                "event": "llm_retry",
+                "backend": self.backend.name,
+                "attempt": retry.attempt,
+                "reason": retry.reason,
+                "delay_ms": round(retry.delay_s * 1000),
+            },
+        )
+
+    async def _first_audio_first(self) -> None:
+        """Once the first clause is out, pause until the TTS has made its audio: on a small CPU the
+        model's next tokens would slow down the synthesis the user is waiting for, while they
+        are not needed before the first clause has been spoken (the embedded model stops
+        within a few tokens when it is not read; a server's stream just waits in the socket)."""
+        marks = self.session.trace.marks
+        if self.settings.first_audio_first and "first_chunk" in marks and "tts_first_audio" not in marks:
+            await self.session.wait_for_mark("tts_first_audio", FIRST_AUDIO_WAIT_S)
 
     async def _prefill(self, partial: str) -> None:
         """The reply to the early transcript will most likely be asked for: warm the model up."""

@@ -137,7 +137,8 @@ class EmbeddedLlamaBackend:
                 completion.close()  # on cancellation: stop llama.cpp before the next token
 
         log.info("llm request", extra={"event": "llm_request", "backend": self.name, "messages": len(messages)})
-        contents = self._worker.stream(generate)
+        # A short buffer: a consumer that stops reading (first_audio_first) stops llama.cpp too.
+        contents = self._worker.stream(generate, buffer=4)
         try:
             async for content in contents:
                 yield content

@@ -3,9 +3,12 @@
 One shared httpx.AsyncClient per backend; each reply is a POST to {base_url}/chat/completions
 with stream=true, read as server-sent events. Three deadlines guard a reply: the connection
 (httpx), the first token and the whole reply (ours, so a server that accepts the connection
-but never answers still fails in time). Every failure is a TransientError whose message says
-what went wrong and what to do. Leaving the stream early (a barge-in cancels the consumer)
-closes the HTTP response, so the server sees the disconnect and can stop generating.
+but never answers still fails in time). Every failure is an LlmFailure (a TransientError)
+whose message says what went wrong and what to do, and whose reason and retryable flag let the
+stage's retry policy (retry.py) judge it: 5xx, 408, 429 (with its Retry-After), timeouts,
+refused or dropped connections and malformed streams may pass; other 4xx will not.
+Leaving the stream early (a barge-in cancels the consumer) closes the HTTP response, so the
+server sees the disconnect and can stop generating.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from typing import Any, TypeVar
 import httpx
 
 from voxloop.pipeline.config import LlmSettings
-from voxloop.pipeline.errors import ConfigError, TransientError
+from voxloop.pipeline.errors import ConfigError
+from voxloop.stages.llm.retry import LlmFailure, parse_retry_after, status_failure
 
 log = logging.getLogger(__name__)
 
@@ -65,29 +69,28 @@ class ChatChunk:
 
 
 def parse_chunk(data: str, server: str) -> ChatChunk:
-    """Decode one event's data; raises TransientError for anything that is not a chat chunk."""
+    """Decode one event's data; raises LlmFailure for anything that is not a chat chunk."""
     if data.strip() == DONE:
         return ChatChunk(finished=True)
     try:
         event = json.loads(data)
     except ValueError:
-        raise TransientError(f"malformed stream from the LLM server at {server}: {_head(data)!r} is not JSON") from None
+        raise _malformed(f"malformed stream from the LLM server at {server}: {_head(data)!r} is not JSON") from None
     if not isinstance(event, dict):
-        raise TransientError(
-            f"malformed stream from the LLM server at {server}: expected an object, got {_head(data)!r}"
-        )
+        raise _malformed(f"malformed stream from the LLM server at {server}: expected an object, got {_head(data)!r}")
     if "error" in event:
-        raise TransientError(f"the LLM server at {server} failed mid-reply: {_error_text(event['error'])}")
+        message = f"the LLM server at {server} failed mid-reply: {_error_text(event['error'])}"
+        raise LlmFailure(message, reason="error_event", retryable=True)
     choices = event.get("choices")
     if not isinstance(choices, list):
-        raise TransientError(f"malformed stream from the LLM server at {server}: a chunk without choices")
+        raise _malformed(f"malformed stream from the LLM server at {server}: a chunk without choices")
     if not choices:
         return ChatChunk()  # e.g. a usage report
     choice = choices[0]
     delta = choice.get("delta") if isinstance(choice, dict) else None
     content = delta.get("content") if isinstance(delta, dict) else None
     if content is not None and not isinstance(content, str):
-        raise TransientError(f"malformed stream from the LLM server at {server}: delta content is not text")
+        raise _malformed(f"malformed stream from the LLM server at {server}: delta content is not text")
     finished = isinstance(choice, dict) and choice.get("finish_reason") is not None
     return ChatChunk(content=content or "", finished=finished)
 
@@ -164,12 +167,15 @@ class OpenAICompatBackend:
         if response.status_code >= 400:
             with self._http_errors():
                 text = (await deadlines.wait(response.aread())).decode("utf-8", "replace")
-            raise TransientError(self._status_message(response.status_code, text))
+            retry_after = parse_retry_after(response.headers.get("retry-after"))
+            raise status_failure(response.status_code, self._status_message(response.status_code, text), retry_after)
         content_type = response.headers.get("content-type", "")
         if "text/event-stream" not in content_type:
-            raise TransientError(
+            raise LlmFailure(
                 f"the LLM server at {self.base_url} answered {content_type or 'no content type'} instead "
-                "of an event stream: check that llm.base_url points at an OpenAI-compatible API"
+                "of an event stream: check that llm.base_url points at an OpenAI-compatible API",
+                reason="not_stream",
+                retryable=False,
             )
 
     async def _contents(self, response: httpx.Response, deadlines: _Deadlines) -> AsyncGenerator[str, None]:
@@ -192,8 +198,10 @@ class OpenAICompatBackend:
                 if line is None:
                     if deadlines.finished:
                         return  # a server that omits [DONE] after the final chunk
-                    raise TransientError(
-                        f"the LLM server at {self.base_url} ended the stream before the reply was finished"
+                    raise LlmFailure(
+                        f"the LLM server at {self.base_url} ended the stream before the reply was finished",
+                        reason="ended_early",
+                        retryable=True,
                     )
         finally:
             await _aclose(lines)
@@ -210,21 +218,26 @@ class OpenAICompatBackend:
 
     @contextlib.contextmanager
     def _http_errors(self) -> Iterator[None]:
-        """Turn httpx's exceptions into TransientErrors that say what to do."""
+        """Turn httpx's exceptions into LlmFailures that say what to do (all worth a retry)."""
         where = f"LLM server at {self.base_url}"
         try:
             yield
         except httpx.ConnectTimeout:
-            raise TransientError(
+            raise LlmFailure(
                 f"{where} did not accept a connection within {self._settings.connect_timeout_s:g} s: "
-                "check that it is running and llm.base_url"
+                "check that it is running and llm.base_url",
+                reason="unreachable",
+                retryable=True,
             ) from None
         except httpx.ConnectError as exc:
-            raise TransientError(f"{where} is unreachable ({_reason(exc)}): start it or set llm.base_url") from None
+            message = f"{where} is unreachable ({_reason(exc)}): start it or set llm.base_url"
+            raise LlmFailure(message, reason="unreachable", retryable=True) from None
         except httpx.TimeoutException as exc:
-            raise TransientError(f"{where} timed out ({type(exc).__name__}): check its load and log") from None
+            message = f"{where} timed out ({type(exc).__name__}): check its load and log"
+            raise LlmFailure(message, reason="timeout", retryable=True) from None
         except httpx.HTTPError as exc:
-            raise TransientError(f"{where} dropped the connection ({_reason(exc)}): check its log") from None
+            message = f"{where} dropped the connection ({_reason(exc)}): check its log"
+            raise LlmFailure(message, reason="dropped", retryable=True) from None
 
 
 class _Deadlines:
@@ -243,7 +256,7 @@ class _Deadlines:
             self._first_token_at = self._loop.time()
 
     async def wait(self, awaitable: Awaitable[T]) -> T:
-        """Await `awaitable` until the deadline that applies now; TransientError past it."""
+        """Await `awaitable` until the deadline that applies now; LlmFailure past it."""
         total_at = self._start + self._total_s
         if self._first_token_at is None and self._first_s < self._total_s:
             at, message = self._start + self._first_s, f"no first token within {self._first_s:g} s"
@@ -253,9 +266,11 @@ class _Deadlines:
             async with asyncio.timeout_at(at):
                 return await awaitable
         except TimeoutError:
-            raise TransientError(
+            raise LlmFailure(
                 f"LLM server at {self._server}: {message}; it may be overloaded, or raise "
-                "llm.first_token_timeout_s / llm.total_timeout_s"
+                "llm.first_token_timeout_s / llm.total_timeout_s",
+                reason="timeout",
+                retryable=True,
             ) from None
 
     def timings(self) -> dict[str, float]:
@@ -300,6 +315,10 @@ def _error_text(error: object) -> str:
             return _short(inner)
         return _short(json.dumps(error))
     return _short(str(error)) or "no details"
+
+
+def _malformed(message: str) -> LlmFailure:
+    return LlmFailure(message, reason="malformed", retryable=True)
 
 
 def _head(data: str) -> str:

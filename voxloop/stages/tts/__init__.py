@@ -27,7 +27,7 @@ from voxloop.pipeline.config import TtsSettings
 from voxloop.pipeline.frames import PCM16, AudioOutput, Frame, ReplyChunk
 from voxloop.pipeline.session import Session
 from voxloop.pipeline.stage import StageBase
-from voxloop.pipeline.workers import ModelWorker
+from voxloop.pipeline.workers import ModelWorker, Priority, work_priority
 
 if TYPE_CHECKING:
     from voxloop.stages.tts.router import Spoken
@@ -152,6 +152,14 @@ class TtsStage(StageBase):
     async def process(self, frame: Frame) -> AsyncIterator[Frame]:
         if not isinstance(frame, ReplyChunk) or not frame.text.strip():
             return
+        # The first clause is what the user waits for; later ones are made while it plays, so
+        # another session's first clause may go ahead of them (pipeline/workers.py).
+        with work_priority(Priority.LIVE if frame.index == 0 else Priority.AHEAD):
+            async with contextlib.aclosing(self._speak(frame)) as outputs:
+                async for out in outputs:
+                    yield out
+
+    async def _speak(self, frame: ReplyChunk) -> AsyncGenerator[Frame, None]:
         audio: ChunkAudio | None = None
         rate, first = 0, True
         blocks = self.speech.stream(frame.text, self.session.voice or self.voice)

@@ -142,7 +142,8 @@ class PiperProvider:
         config = self.synthesis_config(voice)
         loaded = await self.voice(voice.model)
         rate = int(loaded.config.sample_rate)
-        blocks = self.worker.stream(functools.partial(_synthesize, loaded, text, config))
+        # Sentence by sentence, each an independent call: other sessions may go in between.
+        blocks = self.worker.stream(functools.partial(_synthesize, loaded, text, config), interleave=True)
         async with contextlib.aclosing(blocks):
             async for pcm in blocks:
                 yield PcmBlock(pcm, rate)

@@ -1,0 +1,118 @@
+"""ModelWorker: live work before batch work, a batch stream yields the model between items."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from voxloop.pipeline.workers import ModelWorker, Priority, batch_priority, current_priority
+from voxloop.server.rest import BatchPriority
+
+pytestmark = pytest.mark.usefixtures("no_leaked_tasks")
+
+
+@pytest.fixture
+def worker() -> Iterator[ModelWorker]:
+    worker = ModelWorker("test")
+    yield worker
+    worker.shutdown()
+
+
+async def test_waiting_live_work_goes_before_waiting_batch_work(worker: ModelWorker) -> None:
+    release, order = threading.Event(), []
+    busy = asyncio.create_task(worker.run(release.wait, 5))
+    await asyncio.sleep(0.05)  # the model is busy; both calls below must wait
+    with batch_priority():
+        batch = asyncio.create_task(worker.run(order.append, "batch"))
+    await asyncio.sleep(0.05)  # the batch call is the first to wait
+    live = asyncio.create_task(worker.run(order.append, "live"))
+    await asyncio.sleep(0.05)
+    release.set()
+    await asyncio.gather(busy, batch, live)
+    assert order == ["live", "batch"]
+
+
+async def test_a_batch_stream_lets_a_live_call_in_between_two_items(worker: ModelWorker) -> None:
+    events: list[str] = []
+
+    def slow_items() -> Iterator[int]:
+        for index in range(10):
+            time.sleep(0.03)  # one Whisper window, say
+            events.append(f"item {index}")
+            yield index
+
+    async def read_all() -> list[int]:
+        with batch_priority():
+            return [item async for item in worker.stream(slow_items, interleave=True)]
+
+    reader = asyncio.create_task(read_all())
+    await asyncio.sleep(0.1)
+    await worker.run(events.append, "live")
+    assert await reader == list(range(10))
+    live_at = events.index("live")
+    assert 0 < live_at < 6, f"the live call waited for the whole stream: {events}"
+
+
+async def test_leaving_a_stream_stops_and_closes_its_generator(worker: ModelWorker) -> None:
+    produced, closed = [], threading.Event()
+
+    def items() -> Iterator[int]:
+        try:
+            for index in range(1000):
+                produced.append(index)
+                time.sleep(0.005)
+                yield index
+        finally:
+            closed.set()
+
+    stream = worker.stream(items, buffer=2, interleave=True)
+    async for item in stream:
+        if item == 3:
+            break
+    await stream.aclose()
+    assert await asyncio.to_thread(closed.wait, 2), "the generator was not closed"
+    assert len(produced) < 10
+    # The model is free again at once.
+    assert await asyncio.wait_for(worker.run(lambda: "free"), 1) == "free"
+
+
+async def test_a_stream_over_a_stateful_model_is_never_interleaved(worker: ModelWorker) -> None:
+    """An LLM's generator keeps state in the model: a second one waits for the first to end."""
+    events: list[str] = []
+
+    def tokens(name: str) -> Iterator[str]:
+        for index in range(5):
+            time.sleep(0.01)
+            events.append(name)
+            yield f"{name}{index}"
+
+    async def read(name: str) -> list[str]:
+        return [token async for token in worker.stream(lambda: tokens(name))]
+
+    first, second = await asyncio.gather(read("a"), read("b"))
+    assert first == [f"a{i}" for i in range(5)] and second == [f"b{i}" for i in range(5)]
+    assert events == ["a"] * 5 + ["b"] * 5
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [("/api/transcribe", Priority.BATCH), ("/v1/realtime/calls", Priority.LIVE), ("/healthz", Priority.LIVE)],
+)
+async def test_the_rest_api_runs_at_batch_priority(path: str, expected: Priority) -> None:
+    seen: list[Priority] = []
+
+    async def app(scope: object, receive: object, send: object) -> None:
+        seen.append(current_priority())
+
+    async def nothing() -> dict[str, object]:
+        return {}
+
+    async def ignore(message: object) -> None:
+        return None
+
+    await BatchPriority(app)({"type": "http", "path": path}, nothing, ignore)  # type: ignore[arg-type]
+    assert seen == [expected] and current_priority() is Priority.LIVE
