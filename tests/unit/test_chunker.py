@@ -188,18 +188,26 @@ def test_chunks_whole_and_streamed(reply: str, expected: list[str]) -> None:
         assert run(random_deltas(reply, seed), BOUNDARIES_ONLY) == expected, f"seed {seed}"
 
 
+SEVEN = ChunkerSettings(first_clause_max_words=7)
+
+
 def test_a_long_first_sentence_goes_after_first_clause_max_words() -> None:
     reply = "My favourite season of the year is autumn because of the colours. I love it."
     expected = ["My favourite season of the year is", "autumn because of the colours.", "I love it."]
     for deltas in ([reply], word_tokens(reply), list(reply)):
-        assert run(deltas) == expected  # seven words, cut at a word's end, however the text streams
+        assert run(deltas, SEVEN) == expected  # seven words, cut at a word's end, however the text streams
     # never after a word a phrase goes on from ("of", "the", "in"): the cut waits for the next word
-    assert run(word_tokens("So I went to a shop in the town yesterday and bought bread."))[0] == (
+    assert run(word_tokens("So I went to a shop in the town yesterday and bought bread."), SEVEN)[0] == (
         "So I went to a shop in the town"
     )
-    assert run(word_tokens("Yes, it is a quarter past four.")) == ["Yes, it is a quarter past four."]  # 7 words
+    assert run(word_tokens("Yes, it is a quarter past four."), SEVEN) == ["Yes, it is a quarter past four."]
     # "Of course," is too short to go alone; the cap cannot know the sentence ends one word later
-    assert run(word_tokens("Of course, it is a quarter past four.")) == ["Of course, it is a quarter past", "four."]
+    assert run(word_tokens("Of course, it is a quarter past four."), SEVEN) == [
+        "Of course, it is a quarter past",
+        "four.",
+    ]
+    # The default cap is four words ("of" and "the" wait for the word after them).
+    assert run(word_tokens(reply))[0] == "My favourite season of the year"
 
 
 def test_the_first_clause_is_released_while_the_sentence_is_still_streaming() -> None:
@@ -238,7 +246,7 @@ def test_long_sentences_are_cut_at_a_clause_or_space_before_max_chars(max_chars:
 
 
 def test_a_long_sentence_prefers_its_last_clause_boundary() -> None:
-    chunks = run(["Here is the plan for today. " + LONG], ChunkerSettings(max_chars=120))
+    chunks = run(["Here is the plan for today. " + LONG], ChunkerSettings(max_chars=120, first_clause_max_words=7))
     assert chunks[1] == "Our walking tour starts at the old harbour, continues past the cathedral and the market hall,"
 
 
@@ -363,9 +371,9 @@ async def test_stage_reset_clears_buffer_and_index() -> None:
     async for _ in stage.process(session.make(ReplyText, text="Half a reply that")):
         pass
     await stage.reset()
-    out = await feed_stage(stage, session, ["A new reply starts here."])
+    out = await feed_stage(stage, session, ["A new reply starts."])
     chunks = [f for f in out if isinstance(f, ReplyChunk)]
-    assert [(c.index, c.text) for c in chunks] == [(0, "A new reply starts here.")]
+    assert [(c.index, c.text) for c in chunks] == [(0, "A new reply starts.")]
 
 
 WORDS = (

@@ -19,7 +19,7 @@ MS_PER_WINDOW = WINDOW / 16  # 32 ms
 
 
 def settings(**overrides: float) -> VadSettings:
-    base: dict[str, float] = {"min_speech_ms": 96, "hangover_ms": 160, "preroll_ms": 64}
+    base: dict[str, float] = {"min_speech_ms": 96, "hangover_ms": 160, "preroll_ms": 64, "speculate_ms": 0}
     return VadSettings.model_validate(base | overrides)
 
 

@@ -84,7 +84,7 @@ class VadSettings(Section):
     end_threshold: float = Field(0.35, gt=0.0, lt=1.0)
     min_speech_ms: int = Field(250, ge=0)
     hangover_ms: int = Field(500, ge=32)
-    speculate_ms: int = Field(150, ge=0, description="silence after which STT starts early; 0: off")
+    speculate_ms: int = Field(100, ge=0, description="silence after which STT starts early; 0: off")
     eager_hangover_ms: int = Field(
         250,
         ge=0,
@@ -159,7 +159,7 @@ class LlmSettings(Section):
 class ChunkerSettings(Section):
     first_clause_min_words: int = Field(3, ge=1)
     first_clause_max_words: int = Field(
-        7, ge=0, description="with no clause boundary by then, the first chunk goes after this many words; 0: off"
+        4, ge=0, description="with no clause boundary by then, the first chunk goes after this many words; 0: off"
     )
     min_words: int = Field(3, ge=1)
     max_chars: int = Field(220, ge=40)
