@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from voxloop.bench.procs import Managed, free_port
 
-__all__ = ["ServerProcess", "free_port"]
+__all__ = ["ServerProcess", "free_port", "running_server"]
 
 
 class ServerProcess:
@@ -34,3 +36,14 @@ class ServerProcess:
 
     def log(self) -> str:
         return self.log_path.read_text()
+
+
+@contextlib.contextmanager
+def running_server(log_path: Path, env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
+    """A server on a free port with `env` added, ready to answer; stopped on leaving."""
+    process = ServerProcess(free_port(), log_path, env)
+    try:
+        process.wait_ready()
+        yield process
+    finally:
+        process.stop()

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.integration.servers import ServerProcess, free_port
+from tests.integration.servers import ServerProcess, running_server
 from tests.integration.test_browser import CHROMIUM, TURN_TIMEOUT_MS, chromium_page, padded_utterance, words
 from voxloop.pipeline.audio import write_wav
 
@@ -51,12 +51,8 @@ RECORD_PROTOCOLS_JS = """
 
 @pytest.fixture(scope="module")
 def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    process = ServerProcess(free_port(), tmp_path_factory.mktemp("browser-auth") / "server.log", ENV)
-    try:
-        process.wait_ready()
+    with running_server(tmp_path_factory.mktemp("browser-auth") / "server.log", ENV) as process:
         yield process
-    finally:
-        process.stop()
 
 
 @dataclass

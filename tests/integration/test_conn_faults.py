@@ -23,7 +23,7 @@ import pytest
 import websockets
 from aiortc import RTCPeerConnection
 
-from tests.integration.servers import ServerProcess, free_port
+from tests.integration.servers import ServerProcess, running_server
 from tests.voice_clips import LONG_CLIPS, SPEECH_CLIP, clip, wav_bytes
 from voxloop.bench.probe import Holdings, settled
 from voxloop.client import RealtimeClient, silence
@@ -51,12 +51,8 @@ def faults(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         "VOXLOOP_LIMITS__SEND_SOCKET_BYTES": "16384",  # one short reply overfills the socket's buffers
         "VOXLOOP_VOICES__DIR": str(where / "voices"),
     }
-    process = ServerProcess(free_port(), where / "server.log", env=env)
-    try:
-        process.wait_ready()
+    with running_server(where / "server.log", env) as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from schemathesis.core.failures import FailureGroup
 from schemathesis.core.result import Ok
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
-from tests.integration.servers import ServerProcess, free_port
+from tests.integration.servers import ServerProcess, running_server
 
 pytestmark = pytest.mark.integration
 
@@ -49,12 +49,8 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc
         "VOXLOOP_VOICES__DIR": str(root / "voices"),  # fuzzed voice uploads land here, not in the repo
         "VOXLOOP_LIMITS__MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
     }
-    process = ServerProcess(free_port(), root / "server.log", env)
-    try:
-        process.wait_ready()
+    with running_server(root / "server.log", env) as process:
         yield process
-    finally:
-        process.stop()
 
 
 FUZZ_SETTINGS = settings(

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.integration.conftest import ServerProcess, free_port
+from tests.integration.conftest import ServerProcess, running_server
 from tests.integration.test_browser import CHROMIUM, chromium_page
 from voxloop.client import RealtimeClient, Received
 from voxloop.pipeline.audio import read_wav, write_wav
@@ -41,12 +41,8 @@ def kiosk_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPro
         "VOXLOOP_WAKE__WORDS": "[" + ", ".join(f"{{name: {w}}}" for w in WORDS) + "]",
         "VOXLOOP_KIOSK__FOLLOW_UP_S": str(FOLLOW_UP_S),
     }
-    process = ServerProcess(free_port(), tmp_path_factory.mktemp("kiosk") / "server.log", env)
-    try:
-        process.wait_ready()
+    with running_server(tmp_path_factory.mktemp("kiosk") / "server.log", env) as process:
         yield process
-    finally:
-        process.stop()
 
 
 async def connect(server: ServerProcess) -> RealtimeClient:

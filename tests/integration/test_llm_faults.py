@@ -22,7 +22,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.integration.servers import ServerProcess, free_port
+from tests.integration.servers import ServerProcess, free_port, running_server
 from voxloop.client import ClientError, Event, RealtimeClient, silence
 from voxloop.pipeline.audio import decode_audio
 from voxloop.stages.llm import FALLBACK_REPLY
@@ -156,12 +156,8 @@ def voxloop(llm: FaultyLlm, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         "VOXLOOP_LLM__MODEL": "fault-test",
         "VOXLOOP_LLM__TURN_DEADLINE_S": str(DEADLINE_S),
     }
-    process = ServerProcess(free_port(), tmp_path_factory.mktemp("llm_faults") / "server.log", env)
-    try:
-        process.wait_ready()
+    with running_server(tmp_path_factory.mktemp("llm_faults") / "server.log", env) as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture(autouse=True)

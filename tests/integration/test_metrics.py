@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.integration.servers import ServerProcess, free_port
+from tests.integration.servers import ServerProcess, running_server
 from voxloop.client import RealtimeClient, silence
 from voxloop.pipeline.audio import decode_audio
 
@@ -27,12 +27,8 @@ FORWARD = "psphinx_goforward"  # "go forward ten meters" (2.8 s)
 def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Path]]:
     where = tmp_path_factory.mktemp("traced")
     jsonl = where / "traces.jsonl"
-    process = ServerProcess(free_port(), where / "server.log", env={"VOXLOOP_TRACE__JSONL": str(jsonl)})
-    try:
-        process.wait_ready()
+    with running_server(where / "server.log", {"VOXLOOP_TRACE__JSONL": str(jsonl)}) as process:
         yield process, jsonl
-    finally:
-        process.stop()
 
 
 def metric(text: str, name: str) -> float:

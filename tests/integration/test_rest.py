@@ -24,7 +24,7 @@ import pytest
 from av.audio.stream import AudioStream
 from websockets.asyncio.client import connect
 
-from tests.integration.servers import ServerProcess, free_port
+from tests.integration.servers import ServerProcess, free_port, running_server
 from voxloop import __version__
 from voxloop.pipeline.audio import read_wav
 from voxloop.pipeline.config import Settings
@@ -182,12 +182,8 @@ def openai_server(tmp_path_factory: pytest.TempPathFactory, llm_port: int, api_k
         "VOXLOOP_LLM__BASE_URL": f"http://127.0.0.1:{llm_port}/v1",
         "OPENAI_API_KEY": api_key,
     }
-    process = ServerProcess(free_port(), tmp_path_factory.mktemp("openai_server") / "server.log", env)
-    try:
-        process.wait_ready()
+    with running_server(tmp_path_factory.mktemp("openai_server") / "server.log", env) as process:
         yield process
-    finally:
-        process.stop()
 
 
 def test_healthz_degraded_names_the_unreachable_llm_then_recovers(

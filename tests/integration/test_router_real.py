@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.integration.servers import ServerProcess, free_port
+from tests.integration.servers import ServerProcess, free_port, running_server
 from voxloop.client import RealtimeClient, silence
 from voxloop.pipeline.assets import AssetStore
 from voxloop.pipeline.audio import decode_audio
@@ -47,12 +47,8 @@ def degraded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess
         "VOXLOOP_TTS__XTTS": json.dumps({"checkpoint_dir": "/nonexistent/xtts-v2"}),
         "VOXLOOP_TTS__ROUTER__BACKOFF_INITIAL_S": "600",  # stays unhealthy for the whole module
     }
-    process = ServerProcess(free_port(), tmp_path_factory.mktemp("degraded") / "server.log", env)
-    try:
-        process.wait_ready()
+    with running_server(tmp_path_factory.mktemp("degraded") / "server.log", env) as process:
         yield process
-    finally:
-        process.stop()
 
 
 def wav(response: httpx.Response) -> tuple[np.ndarray, int]:

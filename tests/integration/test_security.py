@@ -19,7 +19,7 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from tests.integration.servers import ServerProcess, free_port
+from tests.integration.servers import ServerProcess, running_server
 
 pytestmark = pytest.mark.integration
 
@@ -42,12 +42,8 @@ minted: list[str] = []  # every secret minted here, for the log check at the end
 
 @pytest.fixture(scope="module")
 def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    process = ServerProcess(free_port(), tmp_path_factory.mktemp("secure") / "server.log", ENV)
-    try:
-        process.wait_ready()
+    with running_server(tmp_path_factory.mktemp("secure") / "server.log", ENV) as process:
         yield process
-    finally:
-        process.stop()
 
 
 def minted_secret(response: httpx.Response) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.integration.conftest import ServerProcess, free_port
+from tests.integration.conftest import ServerProcess, running_server
 from tests.integration.test_browser import CHROMIUM, chromium_page
 from tests.voice_clips import (
     LONG_CLIPS,
@@ -45,12 +45,8 @@ def voices_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def api(voices_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A server of its own, so uploads land in a temporary voices folder, not the repo's."""
     log = tmp_path_factory.mktemp("voices-server") / "server.log"
-    process = ServerProcess(free_port(), log, env={"VOXLOOP_VOICES__DIR": str(voices_dir)})
-    try:
-        process.wait_ready()
+    with running_server(log, {"VOXLOOP_VOICES__DIR": str(voices_dir)}) as process:
         yield process
-    finally:
-        process.stop()
 
 
 def upload(server: ServerProcess, name: str, filename: str, data: bytes, **fields: str) -> httpx.Response:
