@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from voxloop.pipeline.config import LlmSettings
@@ -17,9 +18,13 @@ class RecordingBackend:
     def __init__(self) -> None:
         self.prefilled: list[list[dict[str, str]]] = []
         self.asked: list[list[dict[str, str]]] = []
+        self.answering_someone_else = False
 
     async def prefill(self, messages: list[dict[str, str]]) -> None:
         self.prefilled.append(messages)
+
+    def busy(self) -> bool:
+        return self.answering_someone_else
 
     async def stream(
         self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float
@@ -53,3 +58,35 @@ async def test_manual_turns_prefill_nothing() -> None:
         await graph.push(session.make(Transcript, text="What time is it?", final=False))
         await graph.output.get()
     assert backend.prefilled == []
+
+
+async def test_a_speculative_reply_is_made_only_while_the_model_is_free() -> None:
+    """The early transcript is answered at once when the model is idle; when it is busy with
+    another session the speculation is forgone (nothing to flush) and the prompt prefilled instead."""
+    session, backend = Session(), RecordingBackend()
+    session.speculative_reply = True
+    async with Graph(session, [LlmStage(session, LlmSettings(), backend)]) as graph:
+        await session.user_started_speaking()
+        assert session.begin_speculation(1)
+        await graph.push(session.make(Transcript, text="What time is it?", final=False))
+        frames = [await graph.output.get() for _ in range(3)]  # the partial, the reply text, the reply done
+        assert isinstance(frames[-1], ReplyDone) and len(backend.asked) == 1 and backend.prefilled == []
+        assert backend.asked[0][-1] == {"role": "user", "content": "What time is it?"}
+
+        await session.drop_speculation()
+        backend.answering_someone_else = True
+        assert session.begin_speculation(2)
+        await graph.push(session.make(Transcript, text="What time is it in Rome?", final=False))
+        await graph.output.get()
+        await asyncio.sleep(0.01)
+    assert session.speculation is None and session.trace.notes["speculations_forgone"] == 1
+    assert len(backend.asked) == 1 and len(backend.prefilled) == 1
+
+
+def test_a_confirmed_speculation_is_never_forgone() -> None:
+    session = Session()
+    session.speculative_reply, session.user_speaking = True, True
+    assert session.begin_speculation(1)
+    assert session.speculation is not None
+    session.speculation.confirmed = ()
+    assert not session.forgo_speculation() and session.speculation is not None

@@ -92,6 +92,9 @@ class InstantLlm:
     async def prefill(self, messages: list[dict[str, str]]) -> None:
         pass
 
+    def busy(self) -> bool:
+        return False
+
     async def close(self) -> None:
         pass
 

@@ -263,6 +263,15 @@ class Session:
             await handler()
         return True
 
+    def forgo_speculation(self) -> bool:
+        """No reply on a guess after all (the model is busy): before any of it was made, so there
+        is nothing to flush. False if the turn was already confirmed: then it must be answered."""
+        if self.speculation is None or self.speculation.confirmed is not None:
+            return False
+        self.speculation = None
+        self.trace.notes["speculations_forgone"] = self.trace.notes.get("speculations_forgone", 0) + 1
+        return True
+
     def on_confirm(self, handler: ConfirmHandler) -> None:
         self._confirm_handlers.append(handler)
 

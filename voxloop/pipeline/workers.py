@@ -73,6 +73,12 @@ class PriorityGate:
         self._tickets = itertools.count()
         self._changed = threading.Condition()
 
+    @property
+    def busy(self) -> bool:
+        """Is every slot taken, or someone waiting for one?"""
+        with self._changed:
+            return self._free == 0 or bool(self._waiting)
+
     @contextlib.contextmanager
     def held(self, priority: Priority) -> Iterator[None]:
         ticket = (int(priority), next(self._tickets))

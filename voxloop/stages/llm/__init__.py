@@ -53,6 +53,11 @@ class ChatBackend(Protocol):
         end-of-turn silence runs; a backend without a cache it controls does nothing."""
         ...
 
+    def busy(self) -> bool:
+        """Is the model answering another request now? A speculative reply is not worth making
+        then: it would wait its turn, or hold up a reply someone is waiting for."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -114,6 +119,8 @@ class LlmStage(StageBase):
             if not frame.text.strip() or not self.session.auto_respond:
                 return  # manual turns wait for Respond
             speculative = not frame.final and self.session.speculating(frame)
+            if speculative and self.backend.busy():
+                speculative = not self.session.forgo_speculation()  # unless the turn already ended
             if not (frame.final or speculative):
                 await self._prefill(frame.text.strip())
                 return

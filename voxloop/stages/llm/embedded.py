@@ -145,6 +145,9 @@ class EmbeddedLlamaBackend:
         finally:
             await _aclose(contents)  # sets the worker's stop flag now, not when collected
 
+    def busy(self) -> bool:
+        return self._worker.gate.busy
+
     async def close(self) -> None:
         # Through the worker, so the model is freed only after a generation in flight stops.
         close = getattr(self._llama, "close", None)

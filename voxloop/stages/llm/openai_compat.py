@@ -123,6 +123,7 @@ class OpenAICompatBackend:
         # httpx's read timeout is only a backstop: our own deadlines are tighter.
         timeout = httpx.Timeout(settings.total_timeout_s, connect=settings.connect_timeout_s)
         self._client = httpx.AsyncClient(headers=headers, timeout=timeout, transport=transport)
+        self._open = 0  # replies streaming now
 
     async def stream(
         self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float
@@ -134,27 +135,34 @@ class OpenAICompatBackend:
             "max_tokens": max_tokens,
             "temperature": temperature,
         }
-        deadlines = _Deadlines(self._settings, self.base_url)
-        request = self._client.build_request("POST", f"{self.base_url}/chat/completions", json=body)
-        log.info("llm request", extra={"event": "llm_request", "backend": self.name, "messages": len(messages)})
-        with self._http_errors():
-            response = await deadlines.wait(self._client.send(request, stream=True))
-        deltas, contents = 0, self._contents(response, deadlines)
+        self._open += 1  # busy() while a reply streams: a speculative one would queue behind it
         try:
-            await self._check_response(response, deadlines)
-            async for content in contents:
-                deltas += 1
-                deadlines.got_token()
-                yield content
+            deadlines = _Deadlines(self._settings, self.base_url)
+            request = self._client.build_request("POST", f"{self.base_url}/chat/completions", json=body)
+            log.info("llm request", extra={"event": "llm_request", "backend": self.name, "messages": len(messages)})
+            with self._http_errors():
+                response = await deadlines.wait(self._client.send(request, stream=True))
+            deltas, contents = 0, self._contents(response, deadlines)
+            try:
+                await self._check_response(response, deadlines)
+                async for content in contents:
+                    deltas += 1
+                    deadlines.got_token()
+                    yield content
+            finally:
+                # Closed here, not left to the garbage collector: before the end of the stream,
+                # closing the response closes the connection, which tells the server to stop.
+                await contents.aclose()
+                await response.aclose()
+            log.info(
+                "llm reply done",
+                extra={"event": "llm_done", "backend": self.name, "deltas": deltas, **deadlines.timings()},
+            )
         finally:
-            # Closed here, not left to the garbage collector: before the end of the stream,
-            # closing the response closes the connection, which tells the server to stop.
-            await contents.aclose()
-            await response.aclose()
-        log.info(
-            "llm reply done",
-            extra={"event": "llm_done", "backend": self.name, "deltas": deltas, **deadlines.timings()},
-        )
+            self._open -= 1
+
+    def busy(self) -> bool:
+        return self._open > 0
 
     async def prefill(self, messages: list[dict[str, str]]) -> None:
         """Nothing: a server manages its own prompt cache (llama.cpp's server reuses the common
