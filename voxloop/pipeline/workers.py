@@ -1,19 +1,20 @@
 """Running blocking model code off the event loop, live conversations first.
 
-A ModelWorker owns a small thread pool for one loaded model, shared by every session that
-uses the model. `run` awaits one blocking call; `stream` turns a blocking generator (LLM
-tokens, TTS audio, Whisper segments) into an async iterator whose cancellation stops the
-generator at its next item, so a barge-in frees the model within one token or one audio block.
+A ModelWorker owns the threads of one loaded model (`max_workers`, 1 unless the model is
+thread-safe), shared by every session that uses the model. `run` awaits one blocking call;
+`stream` turns a blocking generator (LLM tokens, TTS audio, Whisper segments) into an async
+iterator whose cancellation stops the generator at its next item, so a barge-in frees the model
+within one token or one audio block.
 
-Each call, and each stream, takes one of the model's `max_workers` slots through a
-PriorityGate: waiting work is served by Priority (live, then ahead of need, then batch), then
-in arrival order. A stream holds its
-slot from start to end, since a generator over a stateful model (an LLM's context) must not
-be interleaved with another; one whose items are independent model calls (Whisper windows,
-Piper sentences) says `interleave=True` and takes the slot per item. Work started under
-`batch_priority()` (the REST API: an uploaded file to transcribe, a text to synthesize) then
-yields the model to live sessions between two items, so a long upload delays a live turn by
-one item rather than by the whole file.
+Calls wait in a priority queue, not in the pool's FIFO: each submission hands the pool one
+"run the most urgent call waiting" job, so a free thread always takes live work first, then
+work ahead of need (a reply's later sentences), then batch work (the REST API, run under
+`batch_priority()`), each in arrival order. A stream keeps its thread from start to end, since
+a generator over a stateful model (an LLM's context) must not be interleaved with other calls.
+One whose items are independent model calls (Whisper windows, Piper sentences) says
+`interleave=True`: between two items its thread first runs any waiting call that is at least as
+urgent as the stream, so a 5-minute upload delays a live turn by one Whisper window, not by the
+whole file. The threads never outnumber `max_workers`.
 """
 
 from __future__ import annotations
@@ -25,15 +26,14 @@ import heapq
 import itertools
 import threading
 from collections.abc import AsyncGenerator, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextvars import ContextVar
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
 _DONE = object()
-WAITING_THREADS = 4  # threads beyond the slots, so queued work waits in priority order, not the pool's FIFO
 
 
 class Priority(enum.IntEnum):
@@ -47,7 +47,7 @@ _priority: ContextVar[Priority] = ContextVar("voxloop_worker_priority", default=
 
 @contextlib.contextmanager
 def work_priority(priority: Priority) -> Iterator[None]:
-    """Model work started in this block (and in tasks it creates) waits behind work of a lower value."""
+    """Model work started in this block (and in tasks it creates) waits behind more urgent work."""
     token = _priority.set(priority)
     try:
         yield
@@ -64,61 +64,80 @@ def current_priority() -> Priority:
     return _priority.get()
 
 
-class PriorityGate:
-    """At most `slots` holders at once; waiters are let in by (priority, arrival). Thread-side."""
+class _Call:
+    """One blocking call waiting for the model, and the future its result goes to."""
 
-    def __init__(self, slots: int) -> None:
-        self._free = slots
-        self._waiting: list[tuple[int, int]] = []
-        self._tickets = itertools.count()
-        self._changed = threading.Condition()
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+        self.future: Future[Any] = Future()
 
-    @property
-    def busy(self) -> bool:
-        """Is every slot taken, or someone waiting for one?"""
-        with self._changed:
-            return self._free == 0 or bool(self._waiting)
-
-    @contextlib.contextmanager
-    def held(self, priority: Priority) -> Iterator[None]:
-        ticket = (int(priority), next(self._tickets))
-        with self._changed:
-            heapq.heappush(self._waiting, ticket)
-            while not (self._free and self._waiting[0] == ticket):
-                self._changed.wait()
-            heapq.heappop(self._waiting)
-            self._free -= 1
+    def run(self) -> None:
+        if not self.future.set_running_or_notify_cancel():
+            return  # its awaiter went away before it started
         try:
-            yield
-        finally:
-            with self._changed:
-                self._free += 1
-                self._changed.notify_all()
+            self.future.set_result(self.fn())
+        except BaseException as exc:  # handed to the awaiter
+            self.future.set_exception(exc)
 
 
 class ModelWorker:
-    """A bounded executor for one model. `max_workers` > 1 only for models that are thread-safe."""
+    """The threads of one model and the queue of calls waiting for them."""
 
     def __init__(self, name: str, max_workers: int = 1) -> None:
         self.name = name
-        self.gate = PriorityGate(max_workers)
-        self._pool = ThreadPoolExecutor(max_workers=max_workers + WAITING_THREADS, thread_name_prefix=f"voxloop-{name}")
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=f"voxloop-{name}")
+        self._slots = max_workers
+        self._waiting: list[tuple[int, int, _Call]] = []
+        self._tickets = itertools.count()
+        self._lock = threading.Lock()
+        self._active = 0  # calls (and streams) holding a thread now
+
+    @property
+    def busy(self) -> bool:
+        """Is every thread taken, or a call waiting for one?"""
+        with self._lock:
+            return self._active >= self._slots or bool(self._waiting)
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        loop = asyncio.get_running_loop()
-        priority = current_priority()
+        call = self._submit(lambda: fn(*args, **kwargs), current_priority())
+        return await asyncio.wrap_future(call.future)
 
-        def gated() -> T:
-            with self.gate.held(priority):
-                return fn(*args, **kwargs)
+    def _submit(self, fn: Callable[[], Any], priority: Priority) -> _Call:
+        call = _Call(fn)
+        with self._lock:
+            heapq.heappush(self._waiting, (int(priority), next(self._tickets), call))
+        self._pool.submit(self._run_most_urgent)
+        return call
 
-        return await loop.run_in_executor(self._pool, gated)
+    def _run_most_urgent(self) -> None:
+        call = self._take()
+        if call is None:
+            return  # a streaming thread ran it in between two of its items
+        with self._lock:
+            self._active += 1
+        try:
+            call.run()
+        finally:
+            with self._lock:
+                self._active -= 1
+
+    def _take(self, at_most: Priority | None = None) -> _Call | None:
+        """The most urgent waiting call (only if at least as urgent as `at_most`), off the queue."""
+        with self._lock:
+            if not self._waiting or (at_most is not None and self._waiting[0][0] > at_most):
+                return None
+            return heapq.heappop(self._waiting)[2]
+
+    def _run_waiting(self, at_most: Priority) -> None:
+        """In a streaming thread between two items: the waiting calls at least as urgent as the stream."""
+        while (call := self._take(at_most)) is not None:
+            call.run()
 
     async def stream(
         self, make_items: Callable[[], Iterator[T]], *, buffer: int = 64, interleave: bool = False
     ) -> AsyncGenerator[T, None]:
-        """Iterate a blocking generator in the pool; stop it when the consumer goes away.
-        `interleave`: other work may use the model between two items (they are independent calls)."""
+        """Iterate a blocking generator on the model's thread; stop it when the consumer goes away.
+        `interleave`: other calls may use the model between two items (they are independent calls)."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()
         stop = threading.Event()
@@ -126,32 +145,27 @@ class ModelWorker:
         priority = current_priority()
 
         def produce() -> None:
-            whole = contextlib.nullcontext() if interleave else self.gate.held(priority)
-            each: Callable[[], contextlib.AbstractContextManager[None]] = (
-                (lambda: self.gate.held(priority)) if interleave else contextlib.nullcontext
-            )
+            items = make_items()
             try:
-                with whole:
-                    items = make_items()
-                    try:
-                        while True:
-                            with each():
-                                item = next(items, _DONE)
-                            if item is _DONE:
-                                break
-                            if not self._handed_over(item, room, stop, loop, queue):
-                                return
-                        loop.call_soon_threadsafe(queue.put_nowait, _DONE)
-                    finally:
-                        with each():  # the generator's clean-up touches the model too
-                            close = getattr(items, "close", None)
-                            if close is not None:
-                                close()
+                while (item := next(items, _DONE)) is not _DONE:
+                    if not _handed_over(item, room, stop, loop, queue):
+                        return
+                    if interleave:
+                        self._run_waiting(priority)
+                loop.call_soon_threadsafe(queue.put_nowait, _DONE)
+            finally:
+                close = getattr(items, "close", None)
+                if close is not None:
+                    close()  # on the model's thread: the generator's clean-up may touch the model
+
+        def guarded() -> None:
+            try:
+                produce()
             except BaseException as exc:  # handed to the consumer, which re-raises it
                 if not stop.is_set():
                     loop.call_soon_threadsafe(queue.put_nowait, exc)
 
-        future = loop.run_in_executor(self._pool, produce)
+        call = self._submit(guarded, priority)
         try:
             while True:
                 item = await queue.get()
@@ -163,26 +177,27 @@ class ModelWorker:
                 yield item  # type: ignore[misc]
         finally:
             stop.set()
+            call.future.cancel()  # not started yet: it never will be
             # The thread exits at its next item; don't wait for it on cancellation.
-            if future.done():
-                future.result()
-
-    @staticmethod
-    def _handed_over(
-        item: object,
-        room: threading.Semaphore,
-        stop: threading.Event,
-        loop: asyncio.AbstractEventLoop,
-        queue: asyncio.Queue[object],
-    ) -> bool:
-        """Queue `item` for the consumer once there is room; False if the consumer went away."""
-        while not room.acquire(timeout=0.05):  # backpressure without blocking forever
-            if stop.is_set():
-                return False
-        if stop.is_set():
-            return False
-        loop.call_soon_threadsafe(queue.put_nowait, item)
-        return True
+            if call.future.done() and not call.future.cancelled():
+                call.future.result()
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _handed_over(
+    item: object,
+    room: threading.Semaphore,
+    stop: threading.Event,
+    loop: asyncio.AbstractEventLoop,
+    queue: asyncio.Queue[object],
+) -> bool:
+    """Queue `item` for the consumer once there is room; False if the consumer went away."""
+    while not room.acquire(timeout=0.05):  # backpressure without blocking forever
+        if stop.is_set():
+            return False
+    if stop.is_set():
+        return False
+    loop.call_soon_threadsafe(queue.put_nowait, item)
+    return True

@@ -146,7 +146,7 @@ class EmbeddedLlamaBackend:
             await _aclose(contents)  # sets the worker's stop flag now, not when collected
 
     def busy(self) -> bool:
-        return self._worker.gate.busy
+        return self._worker.busy
 
     async def close(self) -> None:
         # Through the worker, so the model is freed only after a generation in flight stops.
