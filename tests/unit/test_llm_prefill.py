@@ -67,7 +67,7 @@ async def test_a_speculative_reply_is_made_only_while_the_model_is_free() -> Non
     session.speculative_reply = True
     async with Graph(session, [LlmStage(session, LlmSettings(), backend)]) as graph:
         await session.user_started_speaking()
-        assert session.begin_speculation(1)
+        assert session.begin_speculation()
         await graph.push(session.make(Transcript, text="What time is it?", final=False))
         frames = [await graph.output.get() for _ in range(3)]  # the partial, the reply text, the reply done
         assert isinstance(frames[-1], ReplyDone) and len(backend.asked) == 1 and backend.prefilled == []
@@ -75,7 +75,7 @@ async def test_a_speculative_reply_is_made_only_while_the_model_is_free() -> Non
 
         await session.drop_speculation()
         backend.answering_someone_else = True
-        assert session.begin_speculation(2)
+        assert session.begin_speculation()
         await graph.push(session.make(Transcript, text="What time is it in Rome?", final=False))
         await graph.output.get()
         await asyncio.sleep(0.01)
@@ -86,7 +86,7 @@ async def test_a_speculative_reply_is_made_only_while_the_model_is_free() -> Non
 def test_a_confirmed_speculation_is_never_forgone() -> None:
     session = Session()
     session.speculative_reply, session.user_speaking = True, True
-    assert session.begin_speculation(1)
+    assert session.begin_speculation()
     assert session.speculation is not None
     session.speculation.confirmed = ()
     assert not session.forgo_speculation() and session.speculation is not None

@@ -47,9 +47,9 @@ def make_graph(session: Session) -> tuple[Graph, ScriptedTts]:
     return Graph(session, [llm, WordChunker(session), tts]), tts
 
 
-async def pause(session: Session, graph: Graph, text: str, speech_end_ns: int) -> None:
+async def pause(session: Session, graph: Graph, text: str) -> None:
     """What the VAD and STT do at a pause: the early transcript, and a reply begun for it."""
-    assert session.begin_speculation(speech_end_ns)
+    assert session.begin_speculation()
     await graph.push(session.make(Transcript, text=text, final=False))
 
 
@@ -70,7 +70,7 @@ async def test_a_confirmed_reply_was_ready_and_goes_out_at_the_endpoint() -> Non
         sink = Sink(graph)
         await session.user_started_speaking()
         speech_end = session.now_ns()
-        await pause(session, graph, WORDS, speech_end)
+        await pause(session, graph, WORDS)
         await asyncio.sleep(1.0)  # the hangover runs; the reply is prepared meanwhile
         assert not sink.of(AudioOutput), "a speculative reply was heard before the turn ended"
         assert [f.final for _, f in sink.of(Transcript)] == [False]  # the early words do go out
@@ -103,7 +103,7 @@ async def test_talking_on_after_the_pause_drops_the_reply_unheard() -> None:
     async with graph:
         sink = Sink(graph)
         await session.user_started_speaking()
-        await pause(session, graph, WORDS, session.now_ns())
+        await pause(session, graph, WORDS)
         await asyncio.sleep(0.3)  # mid-reply: some audio already made and held
         epoch = session.epoch
         await session.drop_speculation()  # the VAD heard more speech
@@ -132,8 +132,8 @@ async def test_a_barge_in_or_cancel_ends_a_speculation() -> None:
     session = Session()
     session.speculative_reply = True
     await session.user_started_speaking()
-    assert session.begin_speculation(1)
-    assert not session.begin_speculation(2), "one speculation at a time"
+    assert session.begin_speculation()
+    assert not session.begin_speculation(), "one speculation at a time"
     await session.interrupt("cancel")
     assert session.speculation is None
 
@@ -141,9 +141,9 @@ async def test_a_barge_in_or_cancel_ends_a_speculation() -> None:
 async def test_no_speculation_when_off_or_for_manual_turns() -> None:
     session = Session()
     await session.user_started_speaking()
-    assert not session.begin_speculation(1)  # off unless the VAD settings turn it on
+    assert not session.begin_speculation()  # off unless the VAD settings turn it on
     session.speculative_reply, session.auto_respond = True, False
-    assert not session.begin_speculation(1)
+    assert not session.begin_speculation()
     session.auto_respond = True
     session.user_stopped_speaking(1)
-    assert not session.begin_speculation(1), "only while the user's utterance is still open"
+    assert not session.begin_speculation(), "only while the user's utterance is still open"

@@ -227,11 +227,11 @@ class Session:
 
     # -- speculative replies (pipeline/speculation.py) -----------------------------------------
 
-    def begin_speculation(self, speech_end_ns: int) -> bool:
-        """May a reply to the pause ending at `speech_end_ns` start now, held until the turn ends?"""
+    def begin_speculation(self) -> bool:
+        """May a reply to the early transcript of this pause start now, held until the turn ends?"""
         if not (self.speculative_reply and self.auto_respond and self.user_speaking and self.speculation is None):
             return False
-        self.speculation = Speculation(self.turn_id, speech_end_ns, self.epoch)
+        self.speculation = Speculation(self.turn_id, self.epoch)
         return True
 
     def speculating(self, frame: Frame) -> bool:

@@ -33,10 +33,9 @@ REPLY_MARKS = ("llm_first_token", "first_chunk", "tts_first_audio")
 
 @dataclass(slots=True)
 class Speculation:
-    """A reply being prepared for the pause whose last voiced sample arrived at `speech_end_ns`."""
+    """A reply being prepared for the latest pause of turn `turn_id`, its frames of epoch `epoch`."""
 
     turn_id: int
-    speech_end_ns: int
     epoch: int
     confirmed: tuple[Frame, ...] | None = None  # when the turn ended with the same words: what goes ahead
 

@@ -378,7 +378,7 @@ class SttStage(StageBase):
             return None
         if reads_finished(result.text):
             self.session.finished_sentence_ns = pause.speech_end_ns
-        self.session.begin_speculation(pause.speech_end_ns)  # the LLM answers it now, held until the end
+        self.session.begin_speculation()  # the LLM answers it now, held until the end
         return self.session.make(Transcript, text=result.text, final=False, language=result.language)
 
     def _speculation_for(self, end: SpeechEnded) -> SttResult | None:
