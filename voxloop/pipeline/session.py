@@ -234,19 +234,25 @@ class Session:
         self.speculation = Speculation(self.turn_id, self.epoch)
         return True
 
+    @property
+    def _pending(self) -> Speculation | None:
+        """The speculation whose turn is not decided yet, if any."""
+        s = self.speculation
+        return s if s is not None and s.confirmed is None else None
+
     def speculating(self, frame: Frame) -> bool:
         """Is `frame` the early transcript a speculative reply was begun for?"""
-        s = self.speculation
-        return s is not None and s.confirmed is None and (frame.turn_id, frame.epoch) == (s.turn_id, s.epoch)
+        s = self._pending
+        return s is not None and (frame.turn_id, frame.epoch) == (s.turn_id, s.epoch)
 
     async def drop_speculation(self) -> None:
         """The user went on talking (or said other words): throw the held reply away, unheard."""
-        if self.speculation is None or self.speculation.confirmed is not None:
+        if self._pending is None:
             return
         self.speculation = None
         self.epoch += 1
         self.trace.clear(REPLY_MARKS)
-        self.trace.notes["speculations_dropped"] = self.trace.notes.get("speculations_dropped", 0) + 1
+        self.trace.count("speculations_dropped")
         for handler in self._flush_handlers:
             await handler(self.epoch, SPECULATION_DROPPED)
 
@@ -254,8 +260,8 @@ class Session:
         """The turn ended with the words the speculative reply answers: let it out, after `ahead`
         (the end of speech, the final transcript). False when no such reply is being prepared:
         the caller then sends those frames on itself."""
-        s = self.speculation
-        if s is None or s.confirmed is not None or any((f.turn_id, f.epoch) != (s.turn_id, s.epoch) for f in ahead):
+        s = self._pending
+        if s is None or any((f.turn_id, f.epoch) != (s.turn_id, s.epoch) for f in ahead):
             return False
         s.confirmed = ahead
         self.trace.notes["reply"] = "speculative"
@@ -266,10 +272,10 @@ class Session:
     def forgo_speculation(self) -> bool:
         """No reply on a guess after all (the model is busy): before any of it was made, so there
         is nothing to flush. False if the turn was already confirmed: then it must be answered."""
-        if self.speculation is None or self.speculation.confirmed is not None:
+        if self._pending is None:
             return False
         self.speculation = None
-        self.trace.notes["speculations_forgone"] = self.trace.notes.get("speculations_forgone", 0) + 1
+        self.trace.count("speculations_forgone")
         return True
 
     def on_confirm(self, handler: ConfirmHandler) -> None:

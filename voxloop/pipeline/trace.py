@@ -68,6 +68,10 @@ class TurnTrace:
         self.marks[name] = t_ns
         return True
 
+    def count(self, note: str) -> None:
+        """Add one to the counter note `note`."""
+        self.notes[note] = self.notes.get(note, 0) + 1
+
     def clear(self, names: tuple[str, ...]) -> None:
         """Forget marks of work that was thrown away (a dropped speculative reply)."""
         for name in names:

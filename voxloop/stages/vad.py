@@ -424,7 +424,7 @@ class VadStage(StageBase):
         notes = self.session.trace.notes
         notes["input_backlog_ms_max"] = max(notes.get("input_backlog_ms_max", 0.0), round(backlog_ns / 1e6, 1))
         if backlog_ns > LATE_INPUT_NS:
-            notes["late_input_frames"] = notes.get("late_input_frames", 0) + 1
+            self.session.trace.count("late_input_frames")
 
     async def _emit(self, event: VadEvent) -> Frame:
         if isinstance(event, SpeechStart):
