@@ -47,6 +47,10 @@ def wer(reference: str, heard: str) -> float:
     return float(jiwer.wer(words(reference), words(heard) or "<nothing>"))
 
 
+def cer(reference: str, heard: str) -> float:
+    return float(jiwer.cer(words(reference), words(heard) or "<nothing>"))
+
+
 Clip = Callable[..., tuple[PCM16, str]]
 
 
@@ -339,7 +343,9 @@ async def test_input_and_output_at_other_rates(server: ServerProcess, clip: Clip
         # Play the reply back into the server at the same rate: at the wrong rate it would be unintelligible.
         heard_back = await _manual_transcript(client, reply, rate)
     assert len(reply) / rate > 0.5
-    assert wer(said, heard_back) < 0.5
+    # Characters, not words: a short reply with an invented name ("new-santedo" → "new Santido") would fail on
+    # words while clearly heard; audio played at the wrong rate comes back as other sounds altogether.
+    assert cer(said, heard_back) < 0.3
     assert errors(client) == []
 
 
