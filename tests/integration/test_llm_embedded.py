@@ -16,6 +16,7 @@ from voxloop.pipeline.config import LlmSettings
 from voxloop.pipeline.errors import AssetError, FatalError, TransientError
 from voxloop.pipeline.frames import ReplyDone, ReplyText, Transcript
 from voxloop.pipeline.session import Session
+from voxloop.pipeline.text import ends_sentence, whole_sentences
 from voxloop.stages.llm import LlmStage, load_llm
 from voxloop.stages.llm.embedded import EmbeddedLlamaBackend, resolve_gguf
 
@@ -102,7 +103,20 @@ async def test_the_stage_streams_a_reply_from_the_embedded_model(llm: EmbeddedLl
     texts = [f.text for f in frames if isinstance(f, ReplyText)]
     assert len(texts) >= 3
     assert isinstance(frames[-1], ReplyDone) and frames[-1].text == "".join(texts).strip()
+    assert not frames[-1].cut_off  # a short answer ends well within max_tokens
     assert "llm_first_token" in session.trace.marks
+
+
+async def test_a_reply_stopped_by_max_tokens_keeps_its_whole_sentences(llm: EmbeddedLlamaBackend) -> None:
+    question = "Tell me a long story about a castle by the sea."
+    session = Session()
+    session.user_said(question)
+    stage = LlmStage(session, LlmSettings(temperature=0.0, max_tokens=30), llm)
+    frames = [f async for f in stage.process(session.make(Transcript, text=question))]
+    said = "".join(f.text for f in frames if isinstance(f, ReplyText)).strip()
+    done = frames[-1]
+    assert isinstance(done, ReplyDone) and done.cut_off, said
+    assert done.text == whole_sentences(said) and ends_sentence(done.text) and len(done.text) < len(said), said
 
 
 async def test_a_conversation_longer_than_the_context_is_a_transient_error(asset_store: AssetStore) -> None:

@@ -10,6 +10,7 @@ import pytest
 from voxloop.pipeline.config import ChunkerSettings
 from voxloop.pipeline.frames import ReplyChunk, ReplyDone, ReplyText
 from voxloop.pipeline.session import Session
+from voxloop.pipeline.text import ends_sentence, whole_sentences
 from voxloop.stages.chunker import ChunkerStage, SentenceChunker, count_words, speakable
 
 CASES: list[tuple[str, str, list[str]]] = [
@@ -327,9 +328,12 @@ def test_count_words_ignores_punctuation() -> None:
 # --- the stage ------------------------------------------------------------------------------
 
 
-async def feed_stage(stage: ChunkerStage, session: Session, deltas: list[str]) -> list[ReplyChunk | ReplyDone]:
+async def feed_stage(
+    stage: ChunkerStage, session: Session, deltas: list[str], *, cut_off: bool = False
+) -> list[ReplyChunk | ReplyDone]:
     out: list[ReplyChunk | ReplyDone] = []
-    frames = [session.make(ReplyText, text=d) for d in deltas] + [session.make(ReplyDone, text="".join(deltas))]
+    done = session.make(ReplyDone, text="".join(deltas), cut_off=cut_off)
+    frames = [session.make(ReplyText, text=d) for d in deltas] + [done]
     for frame in frames:
         async for produced in stage.process(frame):
             assert isinstance(produced, ReplyChunk | ReplyDone)
@@ -362,6 +366,45 @@ async def test_stage_marks_first_chunk_when_the_first_chunk_leaves() -> None:
     out = [f async for f in stage.process(session.make(ReplyText, text=", my dear. "))]
     assert [f.text for f in out if isinstance(f, ReplyChunk)] == ["Hello there friend,"]
     assert "first_chunk" in session.trace.marks
+
+
+@pytest.mark.parametrize(
+    ("reply", "spoken"),
+    [
+        ("The sea is vast and deep. It covers most of the planet and", ["The sea is vast", "and deep."]),
+        ("The sea is vast. It covers most of the planet, and it is deep. Fish live", None),
+        ("The sea is vast and deep and it covers", None),  # no sentence ends: all of it, not silence
+    ],
+)
+async def test_a_reply_cut_off_at_max_tokens_is_spoken_to_its_last_whole_sentence(
+    reply: str, spoken: list[str] | None
+) -> None:
+    session = Session()
+    out = await feed_stage(ChunkerStage(session), session, word_tokens(reply), cut_off=True)
+    said = [f.text for f in out if isinstance(f, ReplyChunk)]
+    assert isinstance(out[-1], ReplyDone) and out[-1].cut_off
+    whole = [f.text for f in await feed_stage(ChunkerStage(session), session, word_tokens(reply))]
+    if spoken is not None:
+        assert said == spoken
+    else:
+        assert " ".join(said) == (whole_sentences(reply) if any(c in reply for c in ".!?") else reply)
+    assert whole[: len(said) - 1] == said[:-1]  # the same chunks up to where the unfinished end was cut
+
+
+@pytest.mark.parametrize(
+    ("text", "ends", "whole"),
+    [
+        ("Hi there.", True, "Hi there."),
+        ("Hi there. And the", False, "Hi there."),
+        ('She said "yes!"  ', True, 'She said "yes!"'),
+        ("One! Two? Thr", False, "One! Two?"),
+        ("no sentence ends here", False, "no sentence ends here"),
+        ("", False, ""),
+    ],
+)
+def test_sentence_ends(text: str, ends: bool, whole: str) -> None:
+    assert ends_sentence(text) is ends
+    assert whole_sentences(text) == whole
 
 
 async def test_stage_reset_clears_buffer_and_index() -> None:

@@ -375,6 +375,25 @@ async def test_leaving_the_stream_early_closes_the_connection(server: ScriptedSe
         await client.close()
 
 
+@pytest.mark.parametrize("slots", [1, 2])
+async def test_busy_means_every_server_slot_is_streaming(server: ScriptedServer, slots: int) -> None:
+    server.replies += [Reply([event(chunk("one"))], hold=True) for _ in range(2)]
+    client = OpenAICompatBackend(settings_for(server, server_slots=slots), env={})
+    first, second = (client.stream(HI, max_tokens=8, temperature=0) for _ in range(2))
+    try:
+        assert not client.busy()
+        assert await anext(first) == "one"
+        assert client.busy() == (slots == 1)
+        assert await anext(second) == "one"
+        assert client.busy()
+        await first.aclose()
+        assert client.busy() == (slots == 1)
+        await second.aclose()
+        assert not client.busy()
+    finally:
+        await client.close()
+
+
 async def test_load_llm_builds_the_openai_backend_without_touching_the_network(
     server: ScriptedServer,
 ) -> None:
@@ -397,6 +416,8 @@ def test_sse_decoder_joins_data_lines_and_skips_the_rest() -> None:
     assert [decoder.feed(line) for line in lines] == [None, None, None, None, None, "a\nb", None]
     assert decoder.end() == "last"
     assert parse_chunk(json.dumps(chunk("x", finish="stop")), "s").finished
+    assert not parse_chunk(json.dumps(chunk("x", finish="stop")), "s").cut_off
+    assert parse_chunk(json.dumps(chunk(finish="length")), "s").cut_off
     assert parse_chunk(" [DONE]", "s").finished
 
 
@@ -451,6 +472,23 @@ async def test_the_stage_streams_the_reply_and_marks_the_first_token(server: Scr
         {"role": "assistant", "content": "old answer"},
         {"role": "user", "content": "capital of France?"},
     ]
+
+
+async def test_a_reply_stopped_by_max_tokens_is_marked_and_kept_to_whole_sentences(server: ScriptedServer) -> None:
+    parts = [event(chunk(role="assistant")), event(chunk("It is Paris.")), event(chunk(" It has"))]
+    server.replies.append(Reply([*parts, event(chunk(finish="length")), event("[DONE]")]))
+    settings = settings_for(server)
+    session = Session()
+    session.user_said("capital of France?")
+    client = OpenAICompatBackend(settings, env={})
+    try:
+        out = await run_stage(LlmStage(session, settings, client), session.make(Transcript, text="capital of France?"))
+    finally:
+        await client.close()
+    assert [f.text for f in out if isinstance(f, ReplyText)] == ["It is Paris.", " It has"]
+    done = out[-1]
+    assert isinstance(done, ReplyDone) and done.cut_off and done.text == "It is Paris."
+    assert session.trace.notes["reply_cut_off"] is True
 
 
 async def test_the_stage_ignores_partial_transcripts(server: ScriptedServer, backend: OpenAICompatBackend) -> None:

@@ -133,12 +133,20 @@ class LlmSettings(Section):
     model: str = Field("smollm2-135m", description="embedded: asset name or .gguf path; openai: model id")
     base_url: str = "http://127.0.0.1:8080/v1"
     api_key_env: str = Field("OPENAI_API_KEY", description="the environment variable holding the key")
+    server_slots: int = Field(
+        1,
+        ge=1,
+        description="openai: replies the server generates at once (llama-server --parallel, vLLM); "
+        "a speculative reply is asked for only while a slot is free",
+    )
     system_prompt: str = (
         "You are a friendly voice assistant. Answer in one or two short spoken sentences, "
         "without lists, markdown or emoji."
     )
     max_history_messages: int = Field(12, ge=0)
-    max_tokens: int = Field(80, ge=1)
+    max_tokens: int = Field(
+        60, ge=1, description="the longest reply; one stopped by it is spoken to its last whole sentence"
+    )
     temperature: float = Field(0.4, ge=0.0, le=2.0)
     connect_timeout_s: float = Field(3.0, gt=0)
     first_token_timeout_s: float = Field(10.0, gt=0)

@@ -144,9 +144,11 @@ class AudioOutput(Frame):
 
 @dataclass(slots=True, kw_only=True)
 class ReplyDone(Frame):
-    """The reply is complete; passes LLM → chunker → TTS → sink. `text` is the whole reply."""
+    """The reply is complete; passes LLM → chunker → TTS → sink. `text` is the whole reply.
+    `cut_off`: the model stopped at max_tokens, so the chunker drops the unfinished sentence."""
 
     text: str = ""
+    cut_off: bool = False
 
 
 # --- control lane ---------------------------------------------------------------------------

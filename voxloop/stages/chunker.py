@@ -24,7 +24,7 @@ from voxloop.pipeline.config import ChunkerSettings
 from voxloop.pipeline.frames import Frame, ReplyChunk, ReplyDone, ReplyText
 from voxloop.pipeline.session import Session
 from voxloop.pipeline.stage import StageBase
-from voxloop.pipeline.text import CONTINUING_WORDS
+from voxloop.pipeline.text import CONTINUING_WORDS, ends_sentence, whole_sentences
 
 # A sentence end: terminal punctuation, then closing quotes, brackets or markdown emphasis.
 _TERMINAL_RUN = re.compile(r"[.!?…]+[\"'”’)\]}»*_]*")
@@ -295,18 +295,37 @@ class ChunkerStage(StageBase):
         self.session = session
         self._chunker = SentenceChunker(settings)
         self._index = 0
+        self._finished = False  # a chunk of this reply ended a sentence
 
     async def process(self, frame: Frame) -> AsyncIterator[Frame]:
-        texts = self._chunker.feed(frame.text) if isinstance(frame, ReplyText) else self._chunker.flush()
+        if isinstance(frame, ReplyText):
+            texts = self._chunker.feed(frame.text)
+        else:
+            texts = self._chunker.flush()
+            if isinstance(frame, ReplyDone) and frame.cut_off:
+                texts = self._finished_only(texts)
         for text in texts:
             if self._index == 0:
                 self.session.mark("first_chunk")
+            self._finished = self._finished or ends_sentence(text)
             yield self.session.make(ReplyChunk, text=text, index=self._index)
             self._index += 1
         if isinstance(frame, ReplyDone):
-            self._index = 0
+            self._index, self._finished = 0, False
             yield frame
+
+    def _finished_only(self, texts: list[str]) -> list[str]:
+        """A reply stopped at max_tokens ends mid-sentence: drop that unfinished end, unless no
+        sentence of the reply was finished (then the fragment is better than silence)."""
+        kept = list(texts)
+        while kept and not ends_sentence(kept[-1]):
+            head = whole_sentences(kept[-1])
+            if ends_sentence(head):
+                kept[-1] = head
+                break
+            kept.pop()
+        return kept if kept or self._finished else texts
 
     async def reset(self) -> None:
         self._chunker.reset()
-        self._index = 0
+        self._index, self._finished = 0, False

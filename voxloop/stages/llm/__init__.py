@@ -29,6 +29,8 @@ from voxloop.pipeline.errors import TransientError
 from voxloop.pipeline.frames import Frame, ReplyDone, ReplyText, Respond, Transcript
 from voxloop.pipeline.session import Message, Session
 from voxloop.pipeline.stage import StageBase
+from voxloop.pipeline.text import whole_sentences
+from voxloop.stages.llm.deltas import CutOff
 from voxloop.stages.llm.retry import Retry, RetryPolicy, reason_of, stream_with_retries
 
 if TYPE_CHECKING:
@@ -139,9 +141,11 @@ class LlmStage(StageBase):
             system_prompt = frame.instructions
         messages = build_messages(system_prompt, history, self.settings.max_history_messages, question)
         parts: list[str] = []
+        cut_off = False
         deltas = self._stream(messages)
         try:
             async for delta in deltas:
+                cut_off = cut_off or isinstance(delta, CutOff)
                 if not delta:
                     continue
                 if not parts:
@@ -169,7 +173,11 @@ class LlmStage(StageBase):
             raise
         finally:
             await _close(deltas)  # stop generation now, not when the iterator is collected
-        yield self.session.make(ReplyDone, text="".join(parts).strip())
+        reply = "".join(parts).strip()
+        if cut_off:  # what will be spoken of it: the whole sentences (see ChunkerStage)
+            self.session.trace.notes["reply_cut_off"] = True
+            reply = whole_sentences(reply)
+        yield self.session.make(ReplyDone, text=reply, cut_off=cut_off)
 
     def _stream(self, messages: list[dict[str, str]]) -> AsyncIterator[str]:
         def start() -> AsyncIterator[str]:

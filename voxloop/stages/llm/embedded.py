@@ -20,6 +20,7 @@ from voxloop.pipeline.assets import resolve_model
 from voxloop.pipeline.config import LlmSettings
 from voxloop.pipeline.errors import AssetError, FatalError, TransientError
 from voxloop.pipeline.workers import ModelWorker
+from voxloop.stages.llm.deltas import CUT_OFF
 
 if TYPE_CHECKING:
     from voxloop.pipeline.assets import AssetStore
@@ -121,10 +122,13 @@ class EmbeddedLlamaBackend:
             )
             try:
                 for chunk in completion:
-                    content = chunk["choices"][0]["delta"].get("content")
+                    choice = chunk["choices"][0]
+                    content = choice["delta"].get("content")
                     if content:
                         self.generated_tokens += 1
                         yield content
+                    if choice.get("finish_reason") == "length":
+                        yield CUT_OFF
             except ValueError as exc:
                 if "context" not in str(exc):
                     raise

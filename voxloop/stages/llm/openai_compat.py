@@ -26,6 +26,7 @@ import httpx
 
 from voxloop.pipeline.config import LlmSettings
 from voxloop.pipeline.errors import ConfigError
+from voxloop.stages.llm.deltas import CUT_OFF
 from voxloop.stages.llm.retry import LlmFailure, parse_retry_after, status_failure
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class ChatChunk:
 
     content: str = ""
     finished: bool = False
+    cut_off: bool = False  # finish_reason "length": max_tokens stopped it
 
 
 def parse_chunk(data: str, server: str) -> ChatChunk:
@@ -91,8 +93,8 @@ def parse_chunk(data: str, server: str) -> ChatChunk:
     content = delta.get("content") if isinstance(delta, dict) else None
     if content is not None and not isinstance(content, str):
         raise _malformed(f"malformed stream from the LLM server at {server}: delta content is not text")
-    finished = isinstance(choice, dict) and choice.get("finish_reason") is not None
-    return ChatChunk(content=content or "", finished=finished)
+    reason = choice.get("finish_reason") if isinstance(choice, dict) else None
+    return ChatChunk(content=content or "", finished=reason is not None, cut_off=reason == "length")
 
 
 class OpenAICompatBackend:
@@ -135,7 +137,7 @@ class OpenAICompatBackend:
             "max_tokens": max_tokens,
             "temperature": temperature,
         }
-        self._open += 1  # busy() while a reply streams: a speculative one would queue behind it
+        self._open += 1  # busy() while every slot streams: a speculative reply would queue behind them
         try:
             deadlines = _Deadlines(self._settings, self.base_url)
             request = self._client.build_request("POST", f"{self.base_url}/chat/completions", json=body)
@@ -162,7 +164,7 @@ class OpenAICompatBackend:
             self._open -= 1
 
     def busy(self) -> bool:
-        return self._open > 0
+        return self._open >= self._settings.server_slots
 
     async def prefill(self, messages: list[dict[str, str]]) -> None:
         """Nothing: a server manages its own prompt cache (llama.cpp's server reuses the common
@@ -200,6 +202,8 @@ class OpenAICompatBackend:
                     chunk = parse_chunk(data, self.base_url)
                     if chunk.content:
                         yield chunk.content
+                    if chunk.cut_off:
+                        yield CUT_OFF
                     if data.strip() == DONE:
                         return
                     deadlines.finished = deadlines.finished or chunk.finished
