@@ -1,6 +1,7 @@
 """The concurrency benchmark: N simulated users talk to a real voxloop server over the realtime protocol.
 
     scripts/bench [--users 1] [--duration 60] [--llm embedded,external] [--transport websocket,webrtc]
+                  [--llm-server llama-server|llama_cpp.server] [--stagger 3]
                   [--url http://HOST:PORT] [--conversation dev_conv01_turns] [--start 0] [--no-ladder]
                   [--out out/bench.json]
 
@@ -35,7 +36,21 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--start", type=float, default=0.0, help="where in the conversation to start (s)")
     parser.add_argument("--conversation", default="dev_conv01_turns", help="a conv_id of conversations.tsv")
     parser.add_argument("--llm", default="embedded,external", help="embedded, external or both (comma-separated)")
+    parser.add_argument(
+        "--llm-server",
+        default="llama-server",
+        choices=["llama-server", "llama_cpp.server"],
+        help="the external LLM server: llama.cpp's llama-server with one slot per user (built by "
+        "scripts/build_llama_server when missing, ~8 min once) or llama-cpp-python's, which has one slot",
+    )
     parser.add_argument("--transport", default="websocket", help="websocket, webrtc or both (comma-separated)")
+    parser.add_argument(
+        "--stagger",
+        type=float,
+        default=3.0,
+        help="user i starts after i*STAGGER s of silence, as people who do not all stop talking at the same "
+        "instant (default 3); 0 runs every user's turns in lockstep, the worst case",
+    )
     parser.add_argument("--url", help="benchmark this running server instead of starting one (no CPU/RSS figures)")
     parser.add_argument("--no-ladder", action="store_true", help="skip the pause-ladder false-endpoint run")
     parser.add_argument("--eval-dir", type=Path, default=ROOT.parent / "shared" / "eval")
@@ -58,10 +73,23 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     runs, ladders = [], []
     for llm in args.llms:
         for transport in args.transports:
-            plan = Plan(args.users, llm, conversation, True, args.url, logs / f"{llm}-{transport}", transport)
+            where = logs / f"{llm}-{transport}"
+            plan = Plan(
+                args.users,
+                llm,
+                conversation,
+                polite=True,
+                url=args.url,
+                log_dir=where,
+                transport=transport,
+                llm_server=args.llm_server,
+                stagger_s=args.stagger,
+            )
             runs.append(run_plan(plan))
         if not args.no_ladder:
-            ladders.append(run_plan(Plan(1, llm, ladder, False, args.url, logs / f"{llm}-ladder")))
+            where = logs / f"{llm}-ladder"
+            plan = Plan(1, llm, ladder, polite=False, url=args.url, log_dir=where, llm_server=args.llm_server)
+            ladders.append(run_plan(plan))
     return {"runs": runs, "pause_ladder": ladders}
 
 
@@ -71,7 +99,8 @@ def report(result: dict[str, Any]) -> str:
         o = run["overall"]
         v2v = o["voice_to_voice_ms"]
         lines.append(
-            f"{run['llm']:>9} {run['transport']:>9} x{run['users']}: {o['turns']} turns, "
+            f"{run['llm']:>9}{f' ({server})' if (server := run.get('llm_server')) else ''} "
+            f"{run['transport']:>9} x{run['users']} (stagger {run['stagger_s']:g} s): {o['turns']} turns, "
             f"voice-to-voice p50 {v2v['p50']} p95 {v2v['p95']} "
             f"max {v2v['max']} ms (server p50 {o['server_voice_to_voice_ms']['p50']}), "
             f"replies mid-speech {o['replies_mid_speech']}, eager ends {o['eager_endpoints']}, "

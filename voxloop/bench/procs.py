@@ -12,6 +12,8 @@ from pathlib import Path
 
 import httpx
 
+from voxloop.bench.llama_server import find_or_build
+
 STARTUP_TIMEOUT_S = 180
 
 
@@ -76,14 +78,20 @@ def start_voxloop(log_dir: Path, env: dict[str, str]) -> tuple[Managed, str]:
     return server, url
 
 
-def start_llama(log_dir: Path, model: Path) -> tuple[Managed, str]:
+def start_llama(log_dir: Path, model: Path, server: str, slots: int) -> tuple[Managed, str]:
+    """An OpenAI-compatible server for `model` on a free port: llama.cpp's llama-server with `slots`
+    parallel slots (continuous batching), or llama-cpp-python's server, which has one."""
     port = free_port()
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1", "--port", str(port)]
-    server = Managed("llama_cpp.server", cmd, log_dir / "llama.log")
+    where = ["--host", "127.0.0.1", "--port", str(port)]
+    if server == "llama-server":
+        cmd = [str(find_or_build()), "--model", str(model), *where, "--parallel", str(slots), "--no-webui"]
+    else:
+        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), *where]
+    llama = Managed(server, cmd, log_dir / "llama.log")
     url = f"http://127.0.0.1:{port}/v1"
     try:
-        server.wait_http(f"{url}/models")
+        llama.wait_http(f"{url}/models")
     except BaseException:
-        server.stop()
+        llama.stop()
         raise
-    return server, url
+    return llama, url

@@ -40,6 +40,8 @@ class Plan:
     url: str | None  # target this server instead of starting one
     log_dir: Path
     transport: str = "websocket"  # or "webrtc": POST /v1/realtime/calls, Opus tracks, the oai-events channel
+    llm_server: str = "llama-server"  # for llm "external": or "llama_cpp.server" (llama-cpp-python's, one slot)
+    stagger_s: float = 0.0  # user i starts after i * stagger_s s of silence; 0: every user's turns in lockstep
 
 
 @contextlib.contextmanager
@@ -53,9 +55,15 @@ def servers(plan: Plan) -> Iterator[tuple[str, list[Managed]]]:
         env: dict[str, str] = {}
         if plan.llm == "external":
             gguf = next(AssetStore().path("smollm2-135m").glob("*.gguf"))
-            llama, base_url = start_llama(plan.log_dir, gguf)
+            slots = plan.users if plan.llm_server == "llama-server" else 1
+            llama, base_url = start_llama(plan.log_dir, gguf, plan.llm_server, slots)
             started.append(llama)
-            env = {"VOXLOOP_LLM__BACKEND": "openai", "VOXLOOP_LLM__BASE_URL": base_url, "VOXLOOP_LLM__MODEL": gguf.stem}
+            env = {
+                "VOXLOOP_LLM__BACKEND": "openai",
+                "VOXLOOP_LLM__BASE_URL": base_url,
+                "VOXLOOP_LLM__MODEL": gguf.stem,
+                "VOXLOOP_LLM__SERVER_SLOTS": str(slots),
+            }
         server, url = start_voxloop(plan.log_dir, env)
         started.append(server)
         yield url, started
@@ -121,11 +129,11 @@ async def _connect(url: str, plan: Plan) -> RealtimeClient:
     return await RealtimeClient.connect(url.replace("http", "ws", 1) + "/v1/realtime")
 
 
-async def _one_user(url: str, plan: Plan) -> dict[str, Any]:
+async def _one_user(url: str, plan: Plan, index: int) -> dict[str, Any]:
     async with await _connect(url, plan) as client:
         await client.update_session(SESSION)
-        run = await SimulatedUser(client, plan.conversation, polite=plan.polite).talk()
-        return user_figures(run, plan.conversation)
+        user = SimulatedUser(client, plan.conversation, polite=plan.polite, lead_in_s=index * plan.stagger_s)
+        return user_figures(await user.talk(), plan.conversation)
 
 
 async def _users(url: str, started: list[Managed], plan: Plan) -> dict[str, Any]:
@@ -133,7 +141,7 @@ async def _users(url: str, started: list[Managed], plan: Plan) -> dict[str, Any]
     watcher = asyncio.create_task(sampler.watch(), name="bench-sampler")
     begun = time.monotonic()
     try:
-        users = await asyncio.gather(*(_one_user(url, plan) for _ in range(plan.users)))
+        users = await asyncio.gather(*(_one_user(url, plan, i) for i in range(plan.users)))
     finally:
         await cancel_and_wait(watcher)
     overall = aggregate(users)
@@ -151,11 +159,13 @@ def run_plan(plan: Plan) -> dict[str, Any]:
         result = asyncio.run(_users(url, started, plan))
     return {
         "llm": plan.llm if plan.url is None else "as configured at the target URL",
+        "llm_server": plan.llm_server if plan.llm == "external" and plan.url is None else None,
         "users": plan.users,
         "transport": plan.transport,
         "conversation": plan.conversation.conv_id,
         "audio_s": round(len(plan.conversation.pcm) / 16000, 2),
         "polite": plan.polite,
+        "stagger_s": plan.stagger_s,
         "overhead_method": OVERHEAD_METHOD,
         **result,
     }

@@ -45,16 +45,20 @@ class UserRun:
 
 
 class SimulatedUser:
-    def __init__(self, client: RealtimeClient, conversation: Conversation, *, polite: bool) -> None:
+    def __init__(
+        self, client: RealtimeClient, conversation: Conversation, *, polite: bool, lead_in_s: float = 0.0
+    ) -> None:
         self.client = client
         self.conversation = conversation
         self.polite = polite
+        self.lead_in_s = lead_in_s  # silence before the first segment (microphone open)
         self.run = UserRun(client)
         self._loop = asyncio.get_running_loop()
         self._next = 0.0  # loop time the next frame is due
 
     async def talk(self) -> UserRun:
         self._next = self._loop.time()
+        await self._send(silence(self.lead_in_s))
         for segment in self.conversation.segments:
             start = len(self.run.sent_at) * APPEND_MS / 1000
             if segment.spoken:

@@ -1,0 +1,49 @@
+"""Where the benchmark finds llama.cpp's own server (llama-server), which scripts/build_llama_server builds.
+
+llama-server batches concurrent requests over `--parallel` slots; llama-cpp-python's server
+answers one request at a time, so with several users every reply waits for the replies asked
+for before it. The benchmark prefers llama-server and says which one it measured.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import platformdirs
+
+ENV_BINARY = "VOXLOOP_LLAMA_SERVER"
+BUILD_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "build_llama_server"
+
+
+def bin_dir() -> Path:
+    return Path(platformdirs.user_cache_dir("voxloop")) / "bin"
+
+
+def built_path(version: str) -> Path:
+    """Where scripts/build_llama_server puts the binary of llama.cpp build `version`."""
+    return bin_dir() / f"llama-server-{version}"
+
+
+def find() -> Path | None:
+    """$VOXLOOP_LLAMA_SERVER, else llama-server on PATH, else the newest one built here."""
+    named = os.environ.get(ENV_BINARY) or shutil.which("llama-server")
+    if named:
+        return Path(named)
+    built = sorted(bin_dir().glob("llama-server-*"), key=lambda p: p.stat().st_mtime)
+    return built[-1] if built else None
+
+
+def find_or_build() -> Path:
+    """The binary, built first when there is none (minutes, once). RuntimeError if the build fails."""
+    found = find()
+    if found is not None:
+        return found
+    if not BUILD_SCRIPT.exists():
+        raise RuntimeError(f"no llama-server found: set ${ENV_BINARY} to one, or put it on PATH")
+    done = subprocess.run([str(BUILD_SCRIPT)], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"scripts/build_llama_server failed:\n{done.stderr[-3000:]}")
+    return Path(done.stdout.strip().splitlines()[-1])
