@@ -22,6 +22,7 @@ import pytest
 from tests.integration.servers import ServerProcess, free_port
 from voxloop.client import BINARY_AUDIO, ClientError, Event, RealtimeClient, Received, silence
 from voxloop.pipeline.audio import decode_audio
+from voxloop.pipeline.config import LlmSettings
 from voxloop.pipeline.frames import PCM16
 from voxloop.pipeline.tasks import cancel_and_wait
 
@@ -248,7 +249,8 @@ async def test_barge_in_cancels_the_reply_and_stops_its_audio(server: ServerProc
     interruption, interruption_ref = clip(FORWARD)
     interruption = from_onset(interruption, 24000)
     async with await RealtimeClient.connect(server.ws_url) as client:
-        await client.update_session({"instructions": STORYTELLER})
+        updated = await client.update_session({"instructions": STORYTELLER, "max_output_tokens": 200})
+        assert updated["session"]["max_output_tokens"] == 200  # a long reply, still speaking when interrupted
         barged = await _barge_in(client, question, interruption)
         barged = barged or await _barge_in(client, question, interruption)  # the reply may end too soon once
         assert barged is not None, "the reply finished twice before the interruption was heard"
@@ -261,6 +263,8 @@ async def test_barge_in_cancels_the_reply_and_stops_its_audio(server: ServerProc
             "conversation.item.input_audio_transcription.completed", within=TURN_S, since=cleared.index
         )
         await client.wait_turn(within=TURN_S, since=cleared.index)
+        reset = await client.update_session({"max_output_tokens": "inf"})
+        assert reset["session"]["max_output_tokens"] == LlmSettings().max_tokens  # the server's own cap again
 
     # The cancel came promptly once the interrupting speech began to arrive (VAD onset + 250 ms minimum).
     assert cleared.at - barged.sent_at < 3.0
@@ -383,6 +387,7 @@ BAD_MESSAGES: list[tuple[str, str | bytes | Event, str]] = [
     ("odd byte count", {"type": APPEND, "audio": base64.b64encode(b"abc").decode()}, "invalid_audio"),
     ("session of wrong type", {"type": "session.update", "session": {"type": "transcription"}}, "invalid_event"),
     ("bad silence duration", {"type": "session.update", **SILENCE_MS}, "invalid_event"),
+    ("no reply allowed", {"type": "session.update", "session": {"max_output_tokens": 0}}, "invalid_event"),
     ("commit under server VAD", {"type": "input_audio_buffer.commit"}, "invalid_event"),
     ("truncate without item", {"type": TRUNCATE, "content_index": 0, "audio_end_ms": 10}, "invalid_event"),
     ("truncate with text ms", {"type": TRUNCATE, "item_id": "i", "audio_end_ms": "10"}, "invalid_event"),

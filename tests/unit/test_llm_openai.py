@@ -394,6 +394,23 @@ async def test_busy_means_every_server_slot_is_streaming(server: ScriptedServer,
         await client.close()
 
 
+async def test_prefill_asks_for_one_token_only_when_the_server_keeps_a_prompt_cache(server: ScriptedServer) -> None:
+    answer = b'{"choices": [{"index": 0, "message": {"content": "Hi"}, "finish_reason": "length"}]}'
+    server.replies += [Reply([answer], content_type="application/json"), Reply([b"{}"], status=503)]
+    plain = OpenAICompatBackend(settings_for(server), env={})
+    caching = OpenAICompatBackend(settings_for(server, server_prefill=True), env={})
+    try:
+        await plain.prefill(HI)
+        assert server.requests == []  # a cloud API caches by itself and bills every request
+        await caching.prefill(HI)
+        assert server.requests[0].body == {"model": "test-model", "messages": HI, "max_tokens": 1, "temperature": 0.0}
+        await caching.prefill(HI)  # a failed prefill is only logged: the turn's request will read the prompt
+        assert len(server.requests) == 2
+    finally:
+        await plain.close()
+        await caching.close()
+
+
 async def test_load_llm_builds_the_openai_backend_without_touching_the_network(
     server: ScriptedServer,
 ) -> None:

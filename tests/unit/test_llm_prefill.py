@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import pytest
+
 from voxloop.pipeline.config import LlmSettings
-from voxloop.pipeline.frames import ReplyDone, Transcript
+from voxloop.pipeline.frames import ReplyDone, SpeechStarted, Transcript
 from voxloop.pipeline.graph import Graph
-from voxloop.pipeline.session import Session
+from voxloop.pipeline.session import Message, Session
 from voxloop.stages.llm import LlmStage
 
 
@@ -49,6 +51,46 @@ async def test_a_partial_transcript_prefills_exactly_the_prompt_the_final_one_as
     assert isinstance(frames[-1], ReplyDone)
     assert backend.prefilled == backend.asked  # the cache holds the whole prompt the reply starts from
     assert backend.asked[0][-1] == {"role": "user", "content": "What time is it?"}
+
+
+# With a window of 6 messages, the 4th question moves it on by 3: system + the last 3 earlier messages.
+@pytest.mark.parametrize(("earlier_turns", "prefilled_messages"), [(0, 1), (2, 5), (3, 4)])
+async def test_the_start_of_speech_prefills_the_conversation_the_turns_request_begins_with(
+    earlier_turns: int, prefilled_messages: int
+) -> None:
+    session, backend = Session(), RecordingBackend()
+    for n in range(earlier_turns):
+        session.history += [Message("user", f"question {n}"), Message("assistant", f"answer {n}.")]
+    settings = LlmSettings(backend="openai", server_prefill=True, max_history_messages=6)
+    async with Graph(session, [LlmStage(session, settings, backend)]) as graph:
+        await session.user_started_speaking()
+        await graph.push(session.make(SpeechStarted))
+        assert isinstance(await graph.output.get(), SpeechStarted)  # passed on at once
+        session.user_said("What time is it?")
+        await graph.push(session.make(Transcript, text="What time is it?", final=True))
+        frames = [await graph.output.get() for _ in range(3)]
+    assert isinstance(frames[-1], ReplyDone)
+    [prefilled], [asked] = backend.prefilled, backend.asked
+    assert prefilled == asked[: len(prefilled)] and len(asked) == len(prefilled) + 1  # all but the new question
+    assert prefilled[0]["role"] == "system" and len(prefilled) == prefilled_messages
+
+
+@pytest.mark.parametrize(
+    ("settings", "model_busy", "prefills"),
+    [
+        (LlmSettings(), False, True),  # the embedded model, free
+        (LlmSettings(), True, False),  # busy with another session's reply: its one cache and thread stay with it
+        (LlmSettings(backend="openai"), False, False),  # a cloud API caches by itself and bills every request
+    ],
+)
+async def test_who_is_prefilled_at_the_start_of_speech(settings: LlmSettings, model_busy: bool, prefills: bool) -> None:
+    session, backend = Session(), RecordingBackend()
+    backend.answering_someone_else = model_busy
+    session.history += [Message("user", "question"), Message("assistant", "answer.")]
+    async with Graph(session, [LlmStage(session, settings, backend)]) as graph:
+        await graph.push(session.make(SpeechStarted))
+        assert isinstance(await graph.output.get(), SpeechStarted)
+    assert len(backend.prefilled) == prefills
 
 
 async def test_manual_turns_prefill_nothing() -> None:

@@ -63,6 +63,7 @@ def servers(plan: Plan) -> Iterator[tuple[str, list[Managed]]]:
                 "VOXLOOP_LLM__BASE_URL": base_url,
                 "VOXLOOP_LLM__MODEL": gguf.stem,
                 "VOXLOOP_LLM__SERVER_SLOTS": str(slots),
+                "VOXLOOP_LLM__SERVER_PREFILL": str(plan.llm_server == "llama-server").lower(),
             }
         server, url = start_voxloop(plan.log_dir, env)
         started.append(server)

@@ -143,6 +143,12 @@ class LlmSettings(Section):
         "You are a friendly voice assistant. Answer in one or two short spoken sentences, "
         "without lists, markdown or emoji."
     )
+    server_prefill: bool = Field(
+        False,
+        description="openai: when the user starts speaking, read the conversation so far into the server's "
+        "prompt cache with a 1-token request (llama.cpp's llama-server keeps one per slot); off for cloud "
+        "APIs, which cache prompts by themselves and bill every request",
+    )
     max_history_messages: int = Field(12, ge=0)
     max_tokens: int = Field(
         60, ge=1, description="the longest reply; one stopped by it is spoken to its last whole sentence"

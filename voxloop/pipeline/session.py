@@ -53,6 +53,7 @@ class Session:
         self._state = State.LISTENING
         self._state_listeners: list[StateListener] = []
         self.instructions: str | None = None  # a client's system prompt, replacing the configured one
+        self.max_output_tokens: int | None = None  # a client's cap on reply length; None: llm.max_tokens
         self.auto_respond = True  # False: reply only when asked (manual turns, create_response off)
         self.voice: str | None = None  # the voice the client chose (session.audio.output.voice); None: the default
         self.trace = TurnTrace(self.id, 0)

@@ -11,7 +11,7 @@ import base64
 import binascii
 import json
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -69,6 +69,7 @@ class VoxloopOptions(Loose):
 class SessionConfig(Loose):
     type: Literal["realtime"] = "realtime"
     instructions: str | None = None
+    max_output_tokens: Annotated[int, Field(ge=1, le=4096)] | Literal["inf"] | None = None  # "inf": llm.max_tokens
     audio: AudioConfig | None = None
     voxloop: VoxloopOptions | None = None
 

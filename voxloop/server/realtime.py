@@ -259,6 +259,9 @@ class RealtimeConnection:
         voice = self._known_voice(output.voice) if output and output.voice is not None else None  # before any change
         if config.instructions is not None:
             self.session.instructions = config.instructions or None
+        if config.max_output_tokens is not None:
+            limit = config.max_output_tokens
+            self.session.max_output_tokens = None if limit == "inf" else limit
         audio = config.audio
         if audio and audio.input:
             rate = ev.check_rate(audio.input.format, self.in_rate)
@@ -316,6 +319,7 @@ class RealtimeConnection:
             "object": "realtime.session",
             "type": "realtime",
             "instructions": self.session.instructions or self.engines.settings.llm.system_prompt,
+            "max_output_tokens": self.session.max_output_tokens or self.engines.settings.llm.max_tokens,
             "audio": {
                 "input": {
                     "format": {"type": "audio/pcm", "rate": self.in_rate},

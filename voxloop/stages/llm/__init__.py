@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from voxloop.pipeline.config import LlmSettings
 from voxloop.pipeline.errors import TransientError
-from voxloop.pipeline.frames import Frame, ReplyDone, ReplyText, Respond, Transcript
+from voxloop.pipeline.frames import Frame, ReplyDone, ReplyText, Respond, SpeechStarted, Transcript
 from voxloop.pipeline.session import Message, Session
 from voxloop.pipeline.stage import StageBase
 from voxloop.pipeline.text import whole_sentences
@@ -106,7 +106,7 @@ class LlmStage(StageBase):
     """Final transcripts in; ReplyText deltas and one ReplyDone (the whole reply) out."""
 
     name = "llm"
-    handles: tuple[type[Frame], ...] = (Transcript, Respond)
+    handles: tuple[type[Frame], ...] = (Transcript, Respond, SpeechStarted)
 
     def __init__(self, session: Session, settings: LlmSettings, backend: ChatBackend) -> None:
         self.session = session
@@ -116,6 +116,11 @@ class LlmStage(StageBase):
         self.retry_policy = RetryPolicy.from_settings(settings) if settings.backend == "openai" else None
 
     async def process(self, frame: Frame) -> AsyncIterator[Frame]:
+        if isinstance(frame, SpeechStarted):
+            yield frame
+            if self.session.auto_respond and self._prefills_history():
+                await self._prefill_history()
+            return
         if isinstance(frame, Transcript):
             yield frame  # the user's words go on to the transport at once, ahead of the reply
             if not frame.text.strip() or not self.session.auto_respond:
@@ -181,9 +186,8 @@ class LlmStage(StageBase):
 
     def _stream(self, messages: list[dict[str, str]]) -> AsyncIterator[str]:
         def start() -> AsyncIterator[str]:
-            return self.backend.stream(
-                messages, max_tokens=self.settings.max_tokens, temperature=self.settings.temperature
-            )
+            max_tokens = self.session.max_output_tokens or self.settings.max_tokens
+            return self.backend.stream(messages, max_tokens=max_tokens, temperature=self.settings.temperature)
 
         if self.retry_policy is None:
             return start()
@@ -210,6 +214,24 @@ class LlmStage(StageBase):
         marks = self.session.trace.marks
         if self.settings.first_audio_first and "first_chunk" in marks and "tts_first_audio" not in marks:
             await self.session.wait_for_mark("tts_first_audio", FIRST_AUDIO_WAIT_S)
+
+    def _prefills_history(self) -> bool:
+        """A server only with llm.server_prefill (a cloud API would bill it); the embedded model
+        only while it is free: it has one cache for all sessions and one thread."""
+        if self.settings.backend == "openai":
+            return self.settings.server_prefill
+        return not self.backend.busy()
+
+    async def _prefill_history(self) -> None:
+        """The user has started a turn: read the conversation so far into the model's cache now,
+        while they speak. Its window is the one the turn's request will have (with the user's
+        message counted), so after a window shift, or a reply cut short in the history, the
+        whole prompt is not read again after the endpoint."""
+        system_prompt = self.session.instructions or self.settings.system_prompt
+        upcoming = [*self.session.history, Message("user", "")]
+        messages = build_messages(system_prompt, upcoming, self.settings.max_history_messages, "")[:-1]
+        if messages:
+            await self.backend.prefill(messages)
 
     async def _prefill(self, partial: str) -> None:
         """The reply to the early transcript will most likely be asked for: warm the model up."""

@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -167,8 +168,21 @@ class OpenAICompatBackend:
         return self._open >= self._settings.server_slots
 
     async def prefill(self, messages: list[dict[str, str]]) -> None:
-        """Nothing: a server manages its own prompt cache (llama.cpp's server reuses the common
-        prefix of a slot by itself), and an extra request would only queue ahead of the reply."""
+        """With llm.server_prefill, a 1-token request that leaves `messages` in the server's prompt
+        cache (llama-server keeps each slot's, and gives a request the slot whose cache it shares
+        most with), so the turn's request reads only the new words. Best effort: a failure is
+        logged and forgotten. Without it nothing: an extra request would only queue or cost."""
+        if not self._settings.server_prefill:
+            return
+        body = {"model": self.model, "messages": messages, "max_tokens": 1, "temperature": 0.0}
+        started = time.perf_counter()
+        try:
+            response = await self._client.post(f"{self.base_url}/chat/completions", json=body)
+            response.raise_for_status()
+        except httpx.HTTPError as exc:
+            log.info("llm prefill failed", extra={"event": "llm_prefill_failed", "error": type(exc).__name__})
+            return
+        log.debug("llm prefill", extra={"event": "llm_prefill", "ms": round((time.perf_counter() - started) * 1000)})
 
     async def close(self) -> None:
         await self._client.aclose()
