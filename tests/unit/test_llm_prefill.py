@@ -78,8 +78,8 @@ async def test_the_start_of_speech_prefills_the_conversation_the_turns_request_b
 @pytest.mark.parametrize(
     ("settings", "model_busy", "prefills"),
     [
-        (LlmSettings(), False, True),  # the embedded model, free
-        (LlmSettings(), True, False),  # busy with another session's reply: its one cache and thread stay with it
+        (LlmSettings(backend="openai", server_prefill=True), False, True),  # llama-server's per-slot caches
+        (LlmSettings(), False, False),  # the embedded model: one cache and thread for every session
         (LlmSettings(backend="openai"), False, False),  # a cloud API caches by itself and bills every request
     ],
 )

@@ -216,14 +216,13 @@ class LlmStage(StageBase):
             await self.session.wait_for_mark("tts_first_audio", FIRST_AUDIO_WAIT_S)
 
     def _prefills_history(self) -> bool:
-        """A server only with llm.server_prefill (a cloud API would bill it); the embedded model
-        only while it is free: it has one cache for all sessions and one thread."""
-        if self.settings.backend == "openai":
-            return self.settings.server_prefill
-        return not self.backend.busy()
+        """Only a server with llm.server_prefill (a cloud API would bill it). Not the embedded
+        model: with one cache and one thread for all sessions, a prefill at speech start made
+        barge-ins miss their reply in the test suite (left for later)."""
+        return self.settings.backend == "openai" and self.settings.server_prefill
 
     async def _prefill_history(self) -> None:
-        """The user has started a turn: read the conversation so far into the model's cache now,
+        """The user has started a turn: read the conversation so far into the server's cache now,
         while they speak. Its window is the one the turn's request will have (with the user's
         message counted), so after a window shift, or a reply cut short in the history, the
         whole prompt is not read again after the endpoint."""
