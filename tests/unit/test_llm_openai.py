@@ -464,17 +464,22 @@ async def run_stage(stage: LlmStage, frame: Frame) -> list[Frame]:
     return [out async for out in stage.process(frame)]
 
 
+async def answer(settings: LlmSettings, session: Session, question: str) -> list[Frame]:
+    """The LLM stage's frames for one final transcript, from a client to `settings.base_url`."""
+    client = OpenAICompatBackend(settings, env={})
+    try:
+        return await run_stage(LlmStage(session, settings, client), session.make(Transcript, text=question))
+    finally:
+        await client.close()
+
+
 async def test_the_stage_streams_the_reply_and_marks_the_first_token(server: ScriptedServer) -> None:
     server.replies.append(Reply(sse("", "Paris", " it", " is.")))
     settings = settings_for(server, system_prompt="Be brief.", max_history_messages=2)
     session = Session()
     session.history += [Message("user", "old question"), Message("assistant", "old answer")]
     session.user_said("capital of France?")
-    client = OpenAICompatBackend(settings, env={})
-    try:
-        out = await run_stage(LlmStage(session, settings, client), session.make(Transcript, text="capital of France?"))
-    finally:
-        await client.close()
+    out = await answer(settings, session, "capital of France?")
     assert [(type(f), getattr(f, "text", None)) for f in out] == [
         (Transcript, "capital of France?"),  # passed on first, for the transport to show
         (ReplyText, "Paris"),
@@ -497,11 +502,7 @@ async def test_a_reply_stopped_by_max_tokens_is_marked_and_kept_to_whole_sentenc
     settings = settings_for(server)
     session = Session()
     session.user_said("capital of France?")
-    client = OpenAICompatBackend(settings, env={})
-    try:
-        out = await run_stage(LlmStage(session, settings, client), session.make(Transcript, text="capital of France?"))
-    finally:
-        await client.close()
+    out = await answer(settings, session, "capital of France?")
     assert [f.text for f in out if isinstance(f, ReplyText)] == ["It is Paris.", " It has"]
     done = out[-1]
     assert isinstance(done, ReplyDone) and done.cut_off and done.text == "It is Paris."
