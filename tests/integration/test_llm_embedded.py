@@ -15,7 +15,7 @@ from voxloop.pipeline.assets import AssetStore
 from voxloop.pipeline.config import LlmSettings
 from voxloop.pipeline.errors import AssetError, FatalError, TransientError
 from voxloop.pipeline.frames import ReplyDone, ReplyText, Transcript
-from voxloop.pipeline.session import Session
+from voxloop.pipeline.session import Message, Session
 from voxloop.pipeline.text import ends_sentence, whole_sentences
 from voxloop.stages.llm import LlmStage, load_llm
 from voxloop.stages.llm.embedded import EmbeddedLlamaBackend, resolve_gguf
@@ -117,6 +117,52 @@ async def test_a_reply_stopped_by_max_tokens_keeps_its_whole_sentences(llm: Embe
     done = frames[-1]
     assert isinstance(done, ReplyDone) and done.cut_off, said
     assert done.text == whole_sentences(said) and ends_sentence(done.text) and len(done.text) < len(said), said
+
+
+async def test_after_a_reply_the_next_turns_moved_window_is_read_while_the_reply_plays(
+    llm: EmbeddedLlamaBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A window of 6 messages starts at message 3 for the 4th and 5th questions and at message 6
+    for the 6th. The stage reads that window when the 5th reply is done, so the 6th question's
+    request evaluates little more than the question itself."""
+    evaluated: list[int] = []  # tokens per llama.cpp evaluation, in order
+    real_eval = llm._llama.eval
+    monkeypatch.setattr(llm._llama, "eval", lambda tokens: evaluated.append(len(tokens)) or real_eval(tokens))
+    session = Session()
+    for n, topic in enumerate(("cats", "dogs", "birds")):
+        session.history += [Message("user", f"Name a fact about {topic}."), Message("assistant", f"Fact {n}.")]
+    settings = LlmSettings(temperature=0.0, max_tokens=20, max_history_messages=6)
+
+    async def turn(question: str) -> None:
+        session.user_said(question)
+        frames = [f async for f in LlmStage(session, settings, llm).process(session.make(Transcript, text=question))]
+        assert isinstance(frames[-1], ReplyDone)
+        session.reply_finished(frames[-1].text)
+
+    await turn("What is the capital of France?")
+    evaluated.clear()
+    await turn("And the capital of Italy?")
+    after_reply = evaluated[-2:]  # the reply's last token, then the prefill
+    evaluated.clear()
+    await turn("And of Spain?")
+    assert after_reply[-1] > 40, after_reply  # the moved window, read while the 5th reply plays
+    assert 0 < evaluated[0] < 25, evaluated  # the 6th request: its question and the assistant's cue
+
+
+async def test_a_prefill_after_a_request_is_skipped_once_another_request_came_between(
+    llm: EmbeddedLlamaBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    evaluated: list[int] = []
+    real_eval = llm._llama.eval
+    monkeypatch.setattr(llm._llama, "eval", lambda tokens: evaluated.append(len(tokens)) or real_eval(tokens))
+    mine, theirs = ask("How many days are in a week?"), ask("What color is the sky?")
+    await _collect(llm.stream(mine, max_tokens=5, temperature=0.0))
+    await _collect(llm.stream(theirs, max_tokens=5, temperature=0.0))  # another session's turn
+    evaluated.clear()
+    await llm.prefill([*mine, {"role": "assistant", "content": "Seven."}], after=mine)
+    assert evaluated == []  # the cache holds their conversation: refilling mine would be overwritten again
+    await llm.prefill([*theirs, {"role": "assistant", "content": "Blue."}], after=theirs)
+    assert evaluated and sum(evaluated) > 3
 
 
 async def test_a_conversation_longer_than_the_context_is_a_transient_error(asset_store: AssetStore) -> None:

@@ -11,7 +11,7 @@ from voxloop.pipeline.config import LlmSettings
 from voxloop.pipeline.frames import ReplyDone, SpeechStarted, Transcript
 from voxloop.pipeline.graph import Graph
 from voxloop.pipeline.session import Message, Session
-from voxloop.stages.llm import LlmStage
+from voxloop.stages.llm import LlmStage, build_messages
 
 
 class RecordingBackend:
@@ -19,11 +19,13 @@ class RecordingBackend:
 
     def __init__(self) -> None:
         self.prefilled: list[list[dict[str, str]]] = []
+        self.prefilled_after: list[list[dict[str, str]] | None] = []
         self.asked: list[list[dict[str, str]]] = []
         self.answering_someone_else = False
 
-    async def prefill(self, messages: list[dict[str, str]]) -> None:
+    async def prefill(self, messages: list[dict[str, str]], *, after: list[dict[str, str]] | None = None) -> None:
         self.prefilled.append(messages)
+        self.prefilled_after.append(after)
 
     def busy(self) -> bool:
         return self.answering_someone_else
@@ -132,3 +134,57 @@ def test_a_confirmed_speculation_is_never_forgone() -> None:
     assert session.speculation is not None
     session.speculation.confirmed = ()
     assert not session.forgo_speculation() and session.speculation is not None
+
+
+def chat(turns: int) -> list[Message]:
+    return [Message(role, f"{role} {n}.") for n in range(turns) for role in ("user", "assistant")]
+
+
+# A window of 6 messages starts at 0 up to the 3rd question, at 3 for the 4th and 5th, at 6 for the 6th.
+@pytest.mark.parametrize(("earlier_turns", "prefills"), [(0, False), (2, True), (3, False), (4, True)])
+async def test_after_a_reply_the_embedded_model_reads_the_next_window_only_when_it_moves(
+    earlier_turns: int, prefills: bool
+) -> None:
+    session, backend = Session(), RecordingBackend()
+    session.history = chat(earlier_turns)
+    settings = LlmSettings(backend="embedded", max_history_messages=6)
+    async with Graph(session, [LlmStage(session, settings, backend)]) as graph:
+        session.user_said("What time is it?")
+        await graph.push(session.make(Transcript, text="What time is it?", final=True))
+        frames = [await graph.output.get() for _ in range(3)]
+        await asyncio.sleep(0.01)
+    assert isinstance(frames[-1], ReplyDone)
+    [asked] = backend.asked
+    assert len(backend.prefilled) == prefills
+    if prefills:
+        [window], [after] = backend.prefilled, backend.prefilled_after
+        next_history = [*session.history, Message("assistant", "It is noon."), Message("user", "Next?")]
+        assert after is asked  # only if nobody has used the model since
+        assert window == build_messages(settings.system_prompt, next_history, 6, "")[:-1]
+
+
+async def test_after_a_speculative_reply_the_next_window_counts_its_question() -> None:
+    session, backend = Session(), RecordingBackend()
+    session.history, session.speculative_reply = chat(2), True
+    settings = LlmSettings(backend="embedded", max_history_messages=6)
+    async with Graph(session, [LlmStage(session, settings, backend)]) as graph:
+        await session.user_started_speaking()
+        assert session.begin_speculation()
+        await graph.push(session.make(Transcript, text="What time is it?", final=False))
+        [await graph.output.get() for _ in range(3)]
+        await asyncio.sleep(0.01)
+    [window] = backend.prefilled
+    question, reply = {"role": "user", "content": "What time is it?"}, {"role": "assistant", "content": "It is noon."}
+    assert window[-2:] == [question, reply]
+
+
+async def test_a_server_is_not_prefilled_after_a_reply() -> None:
+    session, backend = Session(), RecordingBackend()
+    session.history = chat(2)
+    settings = LlmSettings(backend="openai", server_prefill=True, max_history_messages=6)
+    async with Graph(session, [LlmStage(session, settings, backend)]) as graph:
+        session.user_said("What time is it?")
+        await graph.push(session.make(Transcript, text="What time is it?", final=True))
+        [await graph.output.get() for _ in range(3)]
+        await asyncio.sleep(0.01)
+    assert backend.prefilled == []  # its speech-start prefill reads the window (one request per turn at most)

@@ -89,7 +89,7 @@ class InstantLlm:
         for word in REPLY.split(" "):
             yield word + " "
 
-    async def prefill(self, messages: list[dict[str, str]]) -> None:
+    async def prefill(self, messages: list[dict[str, str]], *, after: list[dict[str, str]] | None = None) -> None:
         pass
 
     def busy(self) -> bool:

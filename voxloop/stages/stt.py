@@ -240,6 +240,12 @@ class WhisperEngine:
             result = self._transcribe(audio, FULL_WINDOW_S)
         return result
 
+    def warm_up(self) -> None:
+        """One transcription of faint noise in the window a short utterance gets: the first call
+        pays for CTranslate2's buffers (~100 ms here, more on a busy machine), not a user's turn."""
+        noise = np.random.default_rng(0).normal(0, 30, SAMPLE_RATE).astype(np.int16)
+        self.transcribe(noise)
+
     def _doubtful(self, result: SttResult) -> bool:
         """A short-window result to check against the full window: a decoding loop (the short
         window's known failure), or words Whisper itself thinks are more likely silence."""
@@ -334,8 +340,10 @@ def load_whisper(settings: SttSettings, store: AssetStore) -> WhisperEngine:
             "use a language code the model knows, a multilingual model such as whisper-base, "
             "or language: null to detect it"
         )
+    engine = WhisperEngine(model, settings, name=Path(source).name or settings.model)
+    engine.warm_up()
     log.info("whisper loaded", extra={"event": "stt_model_loaded", "model": settings.model, "device": device})
-    return WhisperEngine(model, settings, name=Path(source).name or settings.model)
+    return engine
 
 
 def resolve_device(device: str) -> str:

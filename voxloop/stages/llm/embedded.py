@@ -66,6 +66,7 @@ class EmbeddedLlamaBackend:
         self.generated_tokens = 0  # text deltas produced since load (a counter for tests and metrics)
         self._llama = llama
         self._worker = ModelWorker("llm", max_workers=1)  # one thread: the context is not thread-safe
+        self._last_prompt: list[dict[str, str]] | None = None  # what the cache holds (set on the model's thread)
 
     @classmethod
     def load(cls, settings: LlmSettings, store: AssetStore) -> EmbeddedLlamaBackend:
@@ -105,18 +106,30 @@ class EmbeddedLlamaBackend:
         # The first completion pays for allocating buffers; a user turn should not.
         self._llama.create_chat_completion([{"role": "user", "content": "Hi"}], max_tokens=1)
 
-    async def prefill(self, messages: list[dict[str, str]]) -> None:
+    async def prefill(self, messages: list[dict[str, str]], *, after: list[dict[str, str]] | None = None) -> None:
         """Evaluate the prompt now (one token is sampled and dropped): llama-cpp-python keeps the
         evaluated tokens and reuses the longest common prefix, so the real request that follows
-        starts generating at once (~1 ms to the first token instead of ~50 ms on 2 cores)."""
+        starts generating at once (~1 ms to the first token instead of ~50 ms on 2 cores).
+        With `after`, only if the last request was that prompt: decided on the model's thread,
+        when the call's turn comes, since other sessions may have used the one cache meanwhile."""
+
+        def evaluate() -> bool:
+            if after is not None and self._last_prompt is not after:
+                return False
+            self._last_prompt = messages
+            self._llama.create_chat_completion(messages, max_tokens=1)
+            return True
+
         started = time.perf_counter()
-        await self._worker.run(lambda: self._llama.create_chat_completion(messages, max_tokens=1))
-        log.debug("llm prefill", extra={"event": "llm_prefill", "ms": round((time.perf_counter() - started) * 1000)})
+        done = await self._worker.run(evaluate)
+        ms = round((time.perf_counter() - started) * 1000)
+        log.debug("llm prefill", extra={"event": "llm_prefill", "ms": ms, "skipped": not done})
 
     async def stream(
         self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float
     ) -> AsyncGenerator[str, None]:
         def generate() -> Iterator[str]:
+            self._last_prompt = messages
             completion = self._llama.create_chat_completion(
                 messages, stream=True, max_tokens=max_tokens, temperature=temperature
             )

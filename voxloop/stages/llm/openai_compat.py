@@ -167,7 +167,7 @@ class OpenAICompatBackend:
     def busy(self) -> bool:
         return self._open >= self._settings.server_slots
 
-    async def prefill(self, messages: list[dict[str, str]]) -> None:
+    async def prefill(self, messages: list[dict[str, str]], *, after: list[dict[str, str]] | None = None) -> None:
         """With llm.server_prefill, a 1-token request that leaves `messages` in the server's prompt
         cache (llama-server keeps each slot's, and gives a request the slot whose cache it shares
         most with), so the turn's request reads only the new words. Best effort: a failure is

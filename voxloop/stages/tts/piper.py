@@ -77,6 +77,8 @@ def load_voice_file(model: Path, configured: str) -> PiperVoice:
             f"cannot load the Piper voice {configured!r} from {model}: {exc}. "
             "The .onnx file may be damaged: fetch it again."
         ) from exc
+    for _ in voice.synthesize("Hello."):  # the first synthesis pays for ONNX Runtime's buffers; a user should not
+        pass
     extra = {"event": "tts_model_loaded", "voice": model.stem, "sample_rate": voice.config.sample_rate}
     log.info("piper voice loaded", extra=extra)
     return voice
