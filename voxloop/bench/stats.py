@@ -55,7 +55,9 @@ def turns(run: UserRun) -> list[dict[str, Any]]:
         rtc = any(r.event.get("type") == RTC_AUDIO for r in received)
         _, underruns, gap_ms = playback(chunks) if not rtc else (0, 0, 0.0)
         spans = trace.get("spans_ms", {})
-        v2v = trace.get("voice_to_voice_ms")
+        # The server's figure needs an end of turn it decided; a reply to a pause inside a segment
+        # counts apart on both sides (its speech end moves on when the user talks on).
+        v2v = trace.get("voice_to_voice_ms") if "endpoint_delay" in spans and not mid_speech else None
         overhead = None
         if v2v is not None and all(k in spans for k in ("endpoint_delay", *MODEL_SPANS)):
             overhead = v2v - spans["endpoint_delay"] - sum(spans[k] for k in MODEL_SPANS)
