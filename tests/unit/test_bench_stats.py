@@ -1,0 +1,44 @@
+"""Per-turn figures from what a simulated user received: which turns a latency is measured for."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from voxloop.bench.stats import turns
+from voxloop.bench.user import UserRun
+from voxloop.client import RealtimeClient, Received
+
+AUDIO = base64.b64encode(bytes(640)).decode()  # 20 ms at 16 kHz
+
+
+@dataclass
+class Inbox:
+    received: list[Received] = field(default_factory=list)
+
+    def add(self, at: float, event: dict[str, Any]) -> None:
+        self.received.append(Received(event, at, len(self.received)))
+
+
+def reply(inbox: Inbox, rid: str, created: float, trace: dict[str, Any]) -> None:
+    response = {"id": rid, "status": "completed"}
+    inbox.add(created, {"type": "response.created", "response": response})
+    inbox.add(created + 0.1, {"type": "response.output_audio.delta", "response_id": rid, "delta": AUDIO})
+    inbox.add(created + 0.2, {"type": "response.done", "response": response})
+    inbox.add(created + 0.2, {"type": "voxloop.trace", "trace": trace})
+
+
+def test_server_latency_is_counted_only_for_a_turn_the_server_ended_after_the_speech() -> None:
+    inbox = Inbox()
+    ended = {"voice_to_voice_ms": 640.0, "spans_ms": {"endpoint_delay": 500.0}}
+    reply(inbox, "after", 2.5, ended)  # the user spoke 0-2 s: a reply after the end of their speech
+    reply(inbox, "inside", 3.5, {"voice_to_voice_ms": -2400.0, "spans_ms": {"endpoint_delay": 300.0}})
+    reply(inbox, "unended", 7.0, {"voice_to_voice_ms": 0.0, "spans_ms": {"send": 1.0}})
+    run = UserRun(cast(RealtimeClient, inbox), sent_at=[i * 0.02 for i in range(500)])
+    run.speech = [(0.0, 2.0, 2.2), (3.0, 5.0, 5.2)]  # (start, voiced end, end) in the streamed audio
+    figures = {t["response_id"]: t for t in turns(run)}
+    assert figures["after"]["server_v2v_ms"] == 640.0 and not figures["after"]["mid_speech"]
+    assert figures["inside"]["mid_speech"] and figures["inside"]["server_v2v_ms"] is None  # answered a pause
+    assert figures["inside"]["client_v2v_ms"] is None
+    assert figures["unended"]["server_v2v_ms"] is None  # no end of turn in its trace
