@@ -453,6 +453,18 @@ def test_build_messages_keeps_the_last_messages_and_ends_with_the_user() -> None
     assert build_messages("sys", history[:2], 4, "new")[-1] == {"role": "user", "content": "new"}
 
 
+@pytest.mark.parametrize("earlier", range(12))
+def test_a_question_not_yet_in_history_gets_the_window_of_the_final_request(earlier: int) -> None:
+    """A speculative reply or a prefill asks before the question is in history: its prompt must
+    be the final request's, window included, or it would fill the cache with another prompt."""
+    history = [Message("user" if i % 2 == 0 else "assistant", f"m{i}") for i in range(earlier)]
+    if history and history[-1].role == "user":
+        history.append(Message("assistant", "reply"))
+    early = build_messages("sys", history, 6, "question?")
+    final = build_messages("sys", [*history, Message("user", "question?")], 6, "question?")
+    assert early == final
+
+
 def test_the_history_window_moves_in_half_steps_so_the_prompt_keeps_its_beginning() -> None:
     starts = [history_start(length, 12) for length in range(10, 26)]
     # up to 12 messages all of them; then the start jumps by 6, holding 6 to 12 messages

@@ -94,14 +94,19 @@ def build_messages(
     prompt that keeps its beginning lets llama.cpp (embedded or a server) reuse its cache of the
     earlier turns, where a window sliding by one message makes it read the whole prompt again
     every turn (1-2 s here once a conversation is long). So the window holds between half of
-    `max_history` and all of it. If it does not end with a user message (history not updated,
-    or max_history 0), `user_text` is added as one, so the model always has the question.
+    `max_history` and all of it. If history does not end with a user message (a speculative
+    reply, a prefill), `user_text` is added as one and counted in the window, so those requests
+    start with the same window as the final one and share its cache.
     """
-    recent = list(history[history_start(len(history), max_history) :]) if max_history > 0 else []
+    conversation = list(history)
+    if user_text and (not conversation or conversation[-1].role != "user"):
+        conversation.append(Message("user", user_text))
+    if max_history > 0:
+        recent = conversation[history_start(len(conversation), max_history) :]
+    else:  # no history kept: only the question
+        recent = [m for m in conversation[-1:] if m.role == "user"]
     messages = [{"role": "system", "content": system_prompt}] if system_prompt.strip() else []
     messages.extend(message.as_dict() for message in recent)
-    if user_text and (not recent or recent[-1].role != "user"):
-        messages.append({"role": "user", "content": user_text})
     return messages
 
 
