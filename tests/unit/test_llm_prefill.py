@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
@@ -22,6 +22,7 @@ class RecordingBackend:
         self.prefilled_after: list[list[dict[str, str]] | None] = []
         self.asked: list[list[dict[str, str]]] = []
         self.answering_someone_else = False
+        self.while_answering: Callable[[], object] = lambda: None
 
     async def prefill(self, messages: list[dict[str, str]], *, after: list[dict[str, str]] | None = None) -> None:
         self.prefilled.append(messages)
@@ -34,6 +35,7 @@ class RecordingBackend:
         self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float
     ) -> AsyncIterator[str]:
         self.asked.append(messages)
+        self.while_answering()
         yield "It is noon."
 
     async def close(self) -> None:
@@ -163,9 +165,10 @@ async def test_after_a_reply_the_embedded_model_reads_the_next_window_only_when_
         assert window == build_messages(settings.system_prompt, next_history, 6, "")[:-1]
 
 
-async def test_after_a_speculative_reply_the_next_window_counts_its_question() -> None:
+async def test_after_a_speculative_reply_the_next_window_counts_its_question_once() -> None:
     session, backend = Session(), RecordingBackend()
     session.history, session.speculative_reply = chat(2), True
+    backend.while_answering = lambda: session.user_said("What time is it?")  # the turn ends, confirming it
     settings = LlmSettings(backend="embedded", max_history_messages=6)
     async with Graph(session, [LlmStage(session, settings, backend)]) as graph:
         await session.user_started_speaking()
@@ -175,7 +178,7 @@ async def test_after_a_speculative_reply_the_next_window_counts_its_question() -
         await asyncio.sleep(0.01)
     [window] = backend.prefilled
     question, reply = {"role": "user", "content": "What time is it?"}, {"role": "assistant", "content": "It is noon."}
-    assert window[-2:] == [question, reply]
+    assert window[-3:] == [{"role": "assistant", "content": "assistant 1."}, question, reply]
 
 
 async def test_a_server_is_not_prefilled_after_a_reply() -> None:

@@ -146,7 +146,7 @@ class LlmStage(StageBase):
             question, speculative = "", False  # the conversation so far is the question
         else:
             return
-        history = self.session.history
+        history = list(self.session.history)  # as asked: the session appends to its own list meanwhile
         if question and not speculative and (not history or history[-1].role != "user"):
             log.warning("final transcript not in history", extra={"event": "llm_transcript_not_in_history"})
         system_prompt = self._system_prompt()

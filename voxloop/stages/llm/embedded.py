@@ -123,7 +123,8 @@ class EmbeddedLlamaBackend:
         started = time.perf_counter()
         done = await self._worker.run(evaluate)
         ms = round((time.perf_counter() - started) * 1000)
-        log.debug("llm prefill", extra={"event": "llm_prefill", "ms": ms, "skipped": not done})
+        extra = {"event": "llm_prefill", "ms": ms, "messages": len(messages), "skipped": not done}
+        log.debug("llm prefill", extra=extra | {"after_reply": after is not None})
 
     async def stream(
         self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float
