@@ -152,6 +152,18 @@ async def test_stage_in_a_graph(engine: WhisperEngine, eval_dir: Path) -> None:
     assert "stt_final" in session.trace.marks
 
 
+def test_a_decoding_loop_in_a_short_window_stops_at_the_token_cap(engine: WhisperEngine, eval_dir: Path) -> None:
+    """ "Ten of clubs" cut 1.6 s long, in the 10 s window, makes tiny.en repeat itself to
+    hundreds of tokens. The cap stops it at 36 and the full window reads the words."""
+    pcm = read16k(eval_dir / "conversations" / "dev_conv01_turns.wav")
+    clip = pcm[round(67.1 * SAMPLE_RATE) : round(68.7 * SAMPLE_RATE)]
+    audio = clip.astype(np.float32) / 32768
+    [(short, _)] = list(engine._segments(audio, 10.0))
+    assert short.capped and engine.guard.segment_rejection(short) == "repetitive", short
+    result = engine.transcribe(clip)
+    assert result.accepted and words_for_wer(result.text) == "ten of clubs", result
+
+
 def test_loading_errors_say_what_to_fix(asset_store: AssetStore, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"stt\.compute_type = 'int3'"):
         load_whisper(SttSettings(compute_type="int3"), asset_store)

@@ -67,6 +67,7 @@ class Segment:
     no_speech_prob: float
     avg_logprob: float
     compression_ratio: float = 1.0
+    capped: bool = False  # decoding stopped at the token cap for its audio: a loop, not speech
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +131,7 @@ class HallucinationGuard:
             return "no_speech"
         if segment.avg_logprob < self.low_confidence_logprob:
             return "low_confidence"
-        if segment.compression_ratio > self.compression_ratio_threshold:
+        if segment.compression_ratio > self.compression_ratio_threshold or segment.capped:
             return "repetitive"  # a decoding loop ("the the the ...")
         return None
 
@@ -174,6 +175,17 @@ FULL_WINDOW_S = 30.0  # Whisper's input window
 # the short window made Whisper hear words in a bird's song (no_speech 0.59) that the full one
 # rejects; speech on the eval set stays below it but for a few clipped wake words.
 DOUBT_NO_SPEECH = 0.5
+TOKENS_PER_S, MIN_TOKENS = 12, 16  # the token cap (see token_cap): twice a fast speaker's rate
+MAX_TOKENS = 200  # twice this and the prompt must stay within Whisper's 448 (see _segments)
+
+
+def token_cap(audio_s: float) -> int | None:
+    """The most tokens Whisper may decode for `audio_s` of speech. Fast speech is ~6 tokens/s;
+    a decoding loop in a short window runs to hundreds (1.3 s for 1.6 s of audio on 2 cores)
+    before the compression-ratio rule can catch it. None for a full window or more (uploads)."""
+    if audio_s >= FULL_WINDOW_S:
+        return None
+    return min(MAX_TOKENS, MIN_TOKENS + math.ceil(TOKENS_PER_S * audio_s))
 
 
 def window_s(audio_s: float, settings: SttSettings) -> float:
@@ -258,8 +270,11 @@ class WhisperEngine:
     def _segments(self, audio: npt.NDArray[np.float32], window: float) -> Iterator[tuple[Segment, str]]:
         """Whisper's segments with the detected language, decoded lazily, window by window."""
         self._set_window(window)
+        cap = token_cap(len(audio) / SAMPLE_RATE)
         raw, info = self.model.transcribe(
             audio,
+            # faster-whisper 1.x stops at about half of max_new_tokens (measured: 36 → 19, 200 → 101)
+            max_new_tokens=None if cap is None else 2 * cap,
             language=self.settings.language,
             beam_size=self.settings.beam_size,
             temperature=0.0,
@@ -277,7 +292,8 @@ class WhisperEngine:
             s = next(decoded, None)
             if s is None:
                 return
-            yield Segment(s.text, s.no_speech_prob, s.avg_logprob, s.compression_ratio), info.language
+            capped = cap is not None and len(s.tokens) >= cap
+            yield Segment(s.text, s.no_speech_prob, s.avg_logprob, s.compression_ratio, capped), info.language
 
     def _set_window(self, window: float) -> None:
         if isinstance(self.model, WindowedWhisper):
