@@ -14,13 +14,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import math
 from collections.abc import AsyncGenerator, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from piper import PiperVoice, SynthesisConfig
+import onnxruntime as ort
+from piper import PiperConfig, PiperVoice, SynthesisConfig
 
 from voxloop.pipeline.config import TtsSettings
 from voxloop.pipeline.errors import AssetError, InputError
@@ -71,7 +73,7 @@ def load_voice_file(model: Path, configured: str) -> PiperVoice:
     if not config.is_file():
         raise AssetError(f"Piper voice {model} has no config beside it: put {config.name} in {model.parent}")
     try:
-        voice = PiperVoice.load(model, config_path=config)
+        voice = PiperVoice(session=_onnx_session(model), config=PiperConfig.from_dict(json.loads(config.read_text())))
     except Exception as exc:
         raise AssetError(
             f"cannot load the Piper voice {configured!r} from {model}: {exc}. "
@@ -82,6 +84,14 @@ def load_voice_file(model: Path, configured: str) -> PiperVoice:
     extra = {"event": "tts_model_loaded", "voice": model.stem, "sample_rate": voice.config.sample_rate}
     log.info("piper voice loaded", extra=extra)
     return voice
+
+
+def _onnx_session(model: Path) -> ort.InferenceSession:
+    """Piper's default session, but with idle threads that sleep instead of spinning: on two cores
+    shared with Whisper and the LLM, a spinning thread takes the core someone else is waiting for."""
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(model), sess_options=options, providers=["CPUExecutionProvider"])
 
 
 def resolve_voice(voice: str, store: AssetStore) -> Path:
