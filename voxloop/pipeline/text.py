@@ -12,12 +12,12 @@ _CONTINUING = (
 # reads a pause after one as thinking, not done; the chunker does not cut a first chunk there.
 CONTINUING_WORDS = frozenset(_CONTINUING.split())
 
-# A sentence's end: terminal punctuation, then any closing quotes, brackets or emphasis.
-_SENTENCE_END = re.compile(r"[.!?…]+[\"'”’)\]}»*_]*")
+# A sentence's end: terminal punctuation, then any closing quotes, brackets or markdown emphasis.
+SENTENCE_END = re.compile(r"[.!?…]+[\"'”’)\]}»*_]*")
 
 
 def _sentence_ends(text: str) -> list[int]:
-    return [match.end() for match in _SENTENCE_END.finditer(text)]
+    return [match.end() for match in SENTENCE_END.finditer(text)]
 
 
 def ends_sentence(text: str) -> bool:

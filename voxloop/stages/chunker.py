@@ -24,10 +24,8 @@ from voxloop.pipeline.config import ChunkerSettings
 from voxloop.pipeline.frames import Frame, ReplyChunk, ReplyDone, ReplyText
 from voxloop.pipeline.session import Session
 from voxloop.pipeline.stage import StageBase
-from voxloop.pipeline.text import CONTINUING_WORDS, ends_sentence, whole_sentences
+from voxloop.pipeline.text import CONTINUING_WORDS, SENTENCE_END, ends_sentence, whole_sentences
 
-# A sentence end: terminal punctuation, then closing quotes, brackets or markdown emphasis.
-_TERMINAL_RUN = re.compile(r"[.!?…]+[\"'”’)\]}»*_]*")
 # A list marker at the start of a segment: "1. ", "2) ", "- ", "* ", "• ".
 _ITEM = re.compile(r"(?:(\d{1,2})[.)]|[-*+•])[ \t]+")
 _NUMBER_MARKER = re.compile(r"(\d{1,2})[.)][ \t]")
@@ -176,7 +174,7 @@ class SentenceChunker:
             if ch == "\n":
                 return _Cut(i, i)  # the newline stays: the next segment sees it starts a line
             if ch in ".!?…":
-                end = _TERMINAL_RUN.match(buf, i)
+                end = SENTENCE_END.match(buf, i)
                 assert end is not None
                 found = self._sentence_end(i, end.end(), final=final)
                 if found is not None:
