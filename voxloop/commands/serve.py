@@ -11,6 +11,8 @@ from types import FrameType
 from voxloop.logs import setup_logging
 from voxloop.pipeline.config import load_settings
 
+FAREWELL_S = 2.0  # the longest shutdown waits for sessions to send why they are closed
+
 
 def run(args: argparse.Namespace) -> int:
     import uvicorn
@@ -33,11 +35,24 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger(__name__).info(auth, extra={"event": "server_auth", "auth": app.state.gate.auth.enabled})
 
     class Server(uvicorn.Server):
+        farewell: asyncio.Task[None] | None = None
+
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-            # Tell every session first; uvicorn then closes the sockets and runs the lifespan end.
-            loop = asyncio.get_event_loop()
-            loop.call_soon_threadsafe(app.state.connections.close_all, "the server is shutting down")
-            super().handle_exit(sig, frame)
+            # Tell every session first and let it send that; only then may uvicorn close the
+            # sockets (it would race the sessions' senders) and run the lifespan end.
+            if self.farewell is not None:  # a second signal: no more waiting
+                super().handle_exit(sig, frame)
+                return
+            asyncio.get_event_loop().call_soon_threadsafe(self._start_farewell, sig, frame)
+
+        def _start_farewell(self, sig: int, frame: FrameType | None) -> None:
+            self.farewell = asyncio.create_task(self._farewell_then_exit(sig, frame), name="voxloop-farewell")
+
+        async def _farewell_then_exit(self, sig: int, frame: FrameType | None) -> None:
+            try:
+                await app.state.connections.close_all_and_wait("the server is shutting down", FAREWELL_S)
+            finally:
+                uvicorn.Server.handle_exit(self, sig, frame)
 
     config = uvicorn.Config(
         app,

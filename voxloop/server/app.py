@@ -7,6 +7,7 @@ them; each connection gets its own Session and Graph (server/realtime.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -48,10 +49,27 @@ class Connections:
 
     def __init__(self) -> None:
         self.open: set[RealtimeConnection] = set()
+        self._none_open = asyncio.Event()
+
+    def add(self, connection: RealtimeConnection) -> None:
+        self.open.add(connection)
+        self._none_open.clear()
+
+    def discard(self, connection: RealtimeConnection) -> None:
+        self.open.discard(connection)
+        if not self.open:
+            self._none_open.set()
 
     def close_all(self, reason: str) -> None:
         for connection in list(self.open):
             connection.close(reason)
+
+    async def close_all_and_wait(self, reason: str, timeout_s: float) -> None:
+        """Tell each connection why and wait (at most `timeout_s`) until each has sent that and closed."""
+        self.close_all(reason)
+        if self.open:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._none_open.wait(), timeout_s)
 
 
 def create_app(settings: Settings, engines: Engines | None = None) -> FastAPI:
@@ -109,11 +127,11 @@ def create_app(settings: Settings, engines: Engines | None = None) -> FastAPI:
         state = websocket.app.state
         transport = WebSocketTransport(websocket, settings.limits)
         connection = RealtimeConnection(transport, state.engines, tracer, state.voices)
-        connections.open.add(connection)
+        connections.add(connection)
         try:
             await connection.run()
         finally:
-            connections.open.discard(connection)
+            connections.discard(connection)
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus_metrics() -> Response:
