@@ -20,7 +20,15 @@ import pytest
 
 from voxloop.pipeline.config import LlmSettings
 from voxloop.pipeline.errors import ConfigError, TransientError
-from voxloop.pipeline.frames import ErrorFrame, Frame, ReplyChunk, ReplyDone, ReplyText, Transcript
+from voxloop.pipeline.frames import (
+    ErrorFrame,
+    Frame,
+    ReplyChunk,
+    ReplyDone,
+    ReplyText,
+    SpeechStarted,
+    Transcript,
+)
 from voxloop.pipeline.graph import Graph
 from voxloop.pipeline.session import Message, Session
 from voxloop.stages.chunker import ChunkerStage
@@ -409,6 +417,35 @@ async def test_prefill_asks_for_one_token_only_when_the_server_keeps_a_prompt_ca
     finally:
         await plain.close()
         await caching.close()
+
+
+@pytest.mark.parametrize("pin", [True, False])
+async def test_pinned_conversations_keep_their_own_server_slot(server: ScriptedServer, pin: bool) -> None:
+    settings = settings_for(server, server_slots=2, server_prefill=True, pin_slots=pin)
+    client = OpenAICompatBackend(settings, env={})
+    stages = {name: LlmStage(Session(session_id=name), settings, client) for name in "abc"}
+
+    async def turn(name: str) -> None:
+        stage = stages[name]
+        await run_stage(stage, stage.session.make(SpeechStarted))  # the prefill while they speak
+        stage.session.user_said(f"question from {name}")
+        await run_stage(stage, stage.session.make(Transcript, text=f"question from {name}"))
+        stage.session.reply_finished("ok")
+
+    try:
+        for name in "abab":
+            await turn(name)
+        await turn("c")  # a third conversation on two slots: takes the one least recently active
+        await turn("b")
+        slots = [r.body.get("id_slot") for r in server.requests]
+        if not pin:
+            assert slots == [None] * 12  # a cloud API would refuse the field
+            return
+        prefills = [r for r in server.requests if r.body["max_tokens"] == 1]
+        assert len(prefills) == 6  # every request carries the slot, not only the replies
+        assert slots == [0, 0, 1, 1, 0, 0, 1, 1, 0, 0, 1, 1]
+    finally:
+        await client.close()
 
 
 async def test_load_llm_builds_the_openai_backend_without_touching_the_network(

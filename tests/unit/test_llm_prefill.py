@@ -24,7 +24,13 @@ class RecordingBackend:
         self.answering_someone_else = False
         self.while_answering: Callable[[], object] = lambda: None
 
-    async def prefill(self, messages: list[dict[str, str]], *, after: list[dict[str, str]] | None = None) -> None:
+    async def prefill(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        after: list[dict[str, str]] | None = None,
+        conversation: str | None = None,
+    ) -> None:
         self.prefilled.append(messages)
         self.prefilled_after.append(after)
 
@@ -32,7 +38,12 @@ class RecordingBackend:
         return self.answering_someone_else
 
     async def stream(
-        self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float
+        self,
+        messages: list[dict[str, str]],
+        *,
+        max_tokens: int,
+        temperature: float,
+        conversation: str | None = None,
     ) -> AsyncIterator[str]:
         self.asked.append(messages)
         self.while_answering()
@@ -74,7 +85,8 @@ async def test_the_start_of_speech_prefills_the_conversation_the_turns_request_b
         await graph.push(session.make(Transcript, text="What time is it?", final=True))
         frames = [await graph.output.get() for _ in range(3)]
     assert isinstance(frames[-1], ReplyDone)
-    [prefilled], [asked] = backend.prefilled, backend.asked
+    [asked] = backend.asked
+    prefilled = backend.prefilled[0]  # (where the reply moves the next window, the next turn's comes after it)
     assert prefilled == asked[: len(prefilled)] and len(asked) == len(prefilled) + 1  # all but the new question
     assert prefilled[0]["role"] == "system" and len(prefilled) == prefilled_messages
 
@@ -144,12 +156,19 @@ def chat(turns: int) -> list[Message]:
 
 # A window of 6 messages starts at 0 up to the 3rd question, at 3 for the 4th and 5th, at 6 for the 6th.
 @pytest.mark.parametrize(("earlier_turns", "prefills"), [(0, False), (2, True), (3, False), (4, True)])
-async def test_after_a_reply_the_embedded_model_reads_the_next_window_only_when_it_moves(
-    earlier_turns: int, prefills: bool
+@pytest.mark.parametrize(
+    "settings",
+    [
+        LlmSettings(backend="embedded", max_history_messages=6),
+        LlmSettings(backend="openai", server_prefill=True, max_history_messages=6),
+    ],
+    ids=["embedded", "server"],
+)
+async def test_after_a_reply_the_model_reads_the_next_window_only_when_it_moves(
+    earlier_turns: int, prefills: bool, settings: LlmSettings
 ) -> None:
     session, backend = Session(), RecordingBackend()
     session.history = chat(earlier_turns)
-    settings = LlmSettings(backend="embedded", max_history_messages=6)
     async with Graph(session, [LlmStage(session, settings, backend)]) as graph:
         session.user_said("What time is it?")
         await graph.push(session.make(Transcript, text="What time is it?", final=True))
@@ -181,13 +200,13 @@ async def test_after_a_speculative_reply_the_next_window_counts_its_question_onc
     assert window[-3:] == [{"role": "assistant", "content": "assistant 1."}, question, reply]
 
 
-async def test_a_server_is_not_prefilled_after_a_reply() -> None:
+async def test_a_server_without_a_prompt_cache_is_not_prefilled_after_a_reply() -> None:
     session, backend = Session(), RecordingBackend()
     session.history = chat(2)
-    settings = LlmSettings(backend="openai", server_prefill=True, max_history_messages=6)
+    settings = LlmSettings(backend="openai", server_prefill=False, max_history_messages=6)
     async with Graph(session, [LlmStage(session, settings, backend)]) as graph:
         session.user_said("What time is it?")
         await graph.push(session.make(Transcript, text="What time is it?", final=True))
         [await graph.output.get() for _ in range(3)]
         await asyncio.sleep(0.01)
-    assert backend.prefilled == []  # its speech-start prefill reads the window (one request per turn at most)
+    assert backend.prefilled == []  # a cloud API caches prompts by itself and bills every request

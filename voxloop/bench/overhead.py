@@ -84,12 +84,23 @@ class InstantLlm:
     name = "instant"
 
     async def stream(
-        self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float
+        self,
+        messages: list[dict[str, str]],
+        *,
+        max_tokens: int,
+        temperature: float,
+        conversation: str | None = None,
     ) -> AsyncIterator[str]:
         for word in REPLY.split(" "):
             yield word + " "
 
-    async def prefill(self, messages: list[dict[str, str]], *, after: list[dict[str, str]] | None = None) -> None:
+    async def prefill(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        after: list[dict[str, str]] | None = None,
+        conversation: str | None = None,
+    ) -> None:
         pass
 
     def busy(self) -> bool:

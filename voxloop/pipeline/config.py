@@ -139,6 +139,12 @@ class LlmSettings(Section):
         description="openai: replies the server generates at once (llama-server --parallel, vLLM); "
         "a speculative reply is asked for only while a slot is free",
     )
+    pin_slots: bool = Field(
+        False,
+        description="openai with llama.cpp's llama-server: keep each conversation on a slot of its own "
+        "(the request's id_slot), so no other conversation takes the prompt cache it left there; "
+        "server_slots must match the server's --parallel",
+    )
     system_prompt: str = (
         "You are a friendly voice assistant. Answer in one or two short spoken sentences, "
         "without lists, markdown or emoji."

@@ -46,11 +46,20 @@ FALLBACK_REPLY = "Sorry, I can't answer right now."
 class ChatBackend(Protocol):
     name: str
 
-    def stream(self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float) -> AsyncIterator[str]:
-        """The reply as text deltas. Leaving the iteration early stops generation."""
+    def stream(
+        self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float, conversation: str | None = None
+    ) -> AsyncIterator[str]:
+        """The reply as text deltas. Leaving the iteration early stops generation. `conversation`
+        (the session's id) lets a server that keeps a cache per conversation keep this one's."""
         ...
 
-    async def prefill(self, messages: list[dict[str, str]], *, after: list[dict[str, str]] | None = None) -> None:
+    async def prefill(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        after: list[dict[str, str]] | None = None,
+        conversation: str | None = None,
+    ) -> None:
         """Read a prompt a reply will probably start from into the model's cache, so that the
         reply's first token comes sooner. Called with the early transcript while the
         end-of-turn silence runs; a backend without a cache it controls does nothing.
@@ -191,7 +200,7 @@ class LlmStage(StageBase):
             self.session.trace.notes["reply_cut_off"] = True
             reply = whole_sentences(reply)
         yield self.session.make(ReplyDone, text=reply, cut_off=cut_off)
-        if self.settings.backend == "embedded":
+        if self.settings.backend == "embedded" or self._prefills_history():
             said = [Message("user", question)] if speculative else []
             await self._prefill_next_turn(messages, [*history, *said, Message("assistant", reply)])
 
@@ -201,7 +210,12 @@ class LlmStage(StageBase):
     def _stream(self, messages: list[dict[str, str]]) -> AsyncIterator[str]:
         def start() -> AsyncIterator[str]:
             max_tokens = self.session.max_output_tokens or self.settings.max_tokens
-            return self.backend.stream(messages, max_tokens=max_tokens, temperature=self.settings.temperature)
+            return self.backend.stream(
+                messages,
+                max_tokens=max_tokens,
+                temperature=self.settings.temperature,
+                conversation=self.session.id,
+            )
 
         if self.retry_policy is None:
             return start()
@@ -242,18 +256,19 @@ class LlmStage(StageBase):
         the endpoint."""
         messages = self._next_window(self.session.history)
         if messages:
-            await self.backend.prefill(messages)
+            await self.backend.prefill(messages, conversation=self.session.id)
 
     async def _prefill_next_turn(self, asked: list[dict[str, str]], history: list[Message]) -> None:
-        """The embedded model, after a reply: read the next turn's window now, while the reply
-        plays, if it will not start where `asked` did. The window moves every few turns, and
-        then the next request would read the whole conversation again after the endpoint
-        (~1.2 s on 2 cores late in a conversation); when it stays, the cache already holds it."""
+        """After a reply: read the next turn's window now, while the reply plays, if it will not
+        start where `asked` did. The window moves every few turns, and then the next request
+        would read the whole conversation again after the endpoint (~1.2 s on 2 cores late in a
+        conversation), or, with a server, at the next speech start, where a short utterance
+        does not cover it (1.7 s with four users); when it stays, the cache already holds it."""
         messages = self._next_window(history)
         if not messages or messages[: len(asked)] == asked:
             return  # the same window, one exchange longer (or no history kept)
         with work_priority(Priority.AHEAD):  # after any live request of another session
-            await self.backend.prefill(messages, after=asked)
+            await self.backend.prefill(messages, after=asked, conversation=self.session.id)
 
     def _next_window(self, history: list[Message]) -> list[dict[str, str]]:
         """The start of the next turn's request after `history`: its window counts the user's
@@ -263,9 +278,10 @@ class LlmStage(StageBase):
 
     async def _prefill(self, partial: str) -> None:
         """The reply to the early transcript will most likely be asked for: warm the model up."""
-        await self.backend.prefill(
-            build_messages(self._system_prompt(), self.session.history, self.settings.max_history_messages, partial)
+        messages = build_messages(
+            self._system_prompt(), self.session.history, self.settings.max_history_messages, partial
         )
+        await self.backend.prefill(messages, conversation=self.session.id)
 
 
 async def _close(iterator: AsyncIterator[str]) -> None:

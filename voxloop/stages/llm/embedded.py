@@ -106,7 +106,13 @@ class EmbeddedLlamaBackend:
         # The first completion pays for allocating buffers; a user turn should not.
         self._llama.create_chat_completion([{"role": "user", "content": "Hi"}], max_tokens=1)
 
-    async def prefill(self, messages: list[dict[str, str]], *, after: list[dict[str, str]] | None = None) -> None:
+    async def prefill(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        after: list[dict[str, str]] | None = None,
+        conversation: str | None = None,
+    ) -> None:
         """Evaluate the prompt now (one token is sampled and dropped): llama-cpp-python keeps the
         evaluated tokens and reuses the longest common prefix, so the real request that follows
         starts generating at once (~1 ms to the first token instead of ~50 ms on 2 cores).
@@ -127,7 +133,12 @@ class EmbeddedLlamaBackend:
         log.debug("llm prefill", extra=extra | {"after_reply": after is not None})
 
     async def stream(
-        self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float
+        self,
+        messages: list[dict[str, str]],
+        *,
+        max_tokens: int,
+        temperature: float,
+        conversation: str | None = None,
     ) -> AsyncGenerator[str, None]:
         def generate() -> Iterator[str]:
             self._last_prompt = messages

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import time
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -60,6 +61,32 @@ class SseDecoder:
             return None
         data, self._data = "\n".join(self._data), []
         return data
+
+
+class SlotPins:
+    """Which of the server's slots each conversation keeps (llm.pin_slots).
+
+    llama-server gives a request the idle slot whose cached prompt shares the most with it, or
+    the least recently used one. With several conversations that often takes one that another
+    conversation had filled, which is then read again from the start (~1 s for 200 tokens on
+    2 busy cores). A pinned conversation's requests name its slot (`id_slot`), so its cache
+    stays its own. A new conversation takes a free slot, or else the one whose conversation
+    was active least recently (it may have ended: sessions are not told to the backend)."""
+
+    def __init__(self, slots: int) -> None:
+        self._slots = slots
+        self._pins: OrderedDict[str, int] = OrderedDict()  # least recently active first
+
+    def slot(self, conversation: str) -> int:
+        if conversation in self._pins:
+            self._pins.move_to_end(conversation)
+            return self._pins[conversation]
+        taken = set(self._pins.values())
+        free = next((slot for slot in range(self._slots) if slot not in taken), None)
+        if free is None:
+            _, free = self._pins.popitem(last=False)
+        self._pins[conversation] = free
+        return free
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,9 +154,15 @@ class OpenAICompatBackend:
         timeout = httpx.Timeout(settings.total_timeout_s, connect=settings.connect_timeout_s)
         self._client = httpx.AsyncClient(headers=headers, timeout=timeout, transport=transport)
         self._open = 0  # replies streaming now
+        self._pins = SlotPins(settings.server_slots) if settings.pin_slots else None
 
     async def stream(
-        self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float
+        self,
+        messages: list[dict[str, str]],
+        *,
+        max_tokens: int,
+        temperature: float,
+        conversation: str | None = None,
     ) -> AsyncGenerator[str, None]:
         body: dict[str, Any] = {
             "model": self.model,
@@ -137,6 +170,7 @@ class OpenAICompatBackend:
             "stream": True,
             "max_tokens": max_tokens,
             "temperature": temperature,
+            **self._slot(conversation),
         }
         self._open += 1  # busy() while every slot streams: a speculative reply would queue behind them
         try:
@@ -167,7 +201,13 @@ class OpenAICompatBackend:
     def busy(self) -> bool:
         return self._open >= self._settings.server_slots
 
-    async def prefill(self, messages: list[dict[str, str]], *, after: list[dict[str, str]] | None = None) -> None:
+    async def prefill(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        after: list[dict[str, str]] | None = None,
+        conversation: str | None = None,
+    ) -> None:
         """With llm.server_prefill, a 1-token request that leaves `messages` in the server's prompt
         cache (llama-server keeps each slot's, and gives a request the slot whose cache it shares
         most with), so the turn's request reads only the new words. Best effort: a failure is
@@ -175,6 +215,7 @@ class OpenAICompatBackend:
         if not self._settings.server_prefill:
             return
         body = {"model": self.model, "messages": messages, "max_tokens": 1, "temperature": 0.0}
+        body |= self._slot(conversation)
         started = time.perf_counter()
         try:
             response = await self._client.post(f"{self.base_url}/chat/completions", json=body)
@@ -186,6 +227,12 @@ class OpenAICompatBackend:
 
     async def close(self) -> None:
         await self._client.aclose()
+
+    def _slot(self, conversation: str | None) -> dict[str, int]:
+        """The request's llama-server slot field, when conversations are pinned to slots."""
+        if self._pins is None or conversation is None:
+            return {}
+        return {"id_slot": self._pins.slot(conversation)}
 
     async def _check_response(self, response: httpx.Response, deadlines: _Deadlines) -> None:
         if response.status_code >= 400:
