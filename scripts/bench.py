@@ -1,7 +1,7 @@
 """The concurrency benchmark: N simulated users talk to a real voxloop server over the realtime protocol.
 
     scripts/bench [--users 1] [--duration 60] [--llm embedded,external] [--transport websocket,webrtc]
-                  [--llm-server llama-server|llama_cpp.server] [--stagger 3]
+                  [--llm-server llama-server|llama_cpp.server] [--stagger 3] [--rounds 1]
                   [--url http://HOST:PORT] [--conversation dev_conv01_turns] [--start 0] [--no-ladder]
                   [--out out/bench.json]
 
@@ -9,7 +9,8 @@ Each user streams a real conversation from ../shared/eval at real-time pace with
 pauses, waiting (microphone open, on silence) for each reply to finish playing. Then one user
 streams the pause-ladder recording as recorded, to score false endpoints. Writes a JSON result
 and a PNG plot next to it. Every process it starts is stopped at the end, also on Ctrl-C.
-Figures, not pass/fail: on a shared machine compare runs taken together.
+Figures, not pass/fail: on a shared machine compare runs taken together. A VOXLOOP_* variable
+in the environment wins over the bench's own server settings, for A/B runs of one setting.
 """
 
 from __future__ import annotations
@@ -51,6 +52,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="user i starts after i*STAGGER s of silence, as people who do not all stop talking at the same "
         "instant (default 3); 0 runs every user's turns in lockstep, the worst case",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="talk the conversation through this many times, on new sessions each round, and pool the "
+        "turns (a p95 over one round's 8-12 turns per user rests on one or two turns)",
+    )
     parser.add_argument("--url", help="benchmark this running server instead of starting one (no CPU/RSS figures)")
     parser.add_argument("--no-ladder", action="store_true", help="skip the pause-ladder false-endpoint run")
     parser.add_argument("--eval-dir", type=Path, default=ROOT.parent / "shared" / "eval")
@@ -60,8 +68,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args.transports = args.transport.split(",")
     if not set(args.transports) <= {"websocket", "webrtc"}:
         parser.error("--transport must be a list of websocket and webrtc")
-    if args.users < 1 or args.duration <= 0 or not set(llms) <= {"embedded", "external"}:
-        parser.error("--users must be >= 1, --duration > 0, and --llm a list of embedded and external")
+    if args.users < 1 or args.rounds < 1 or args.duration <= 0 or not set(llms) <= {"embedded", "external"}:
+        parser.error("--users and --rounds must be >= 1, --duration > 0, and --llm a list of embedded and external")
     args.llms = ["as configured"] if args.url else llms
     return args
 
@@ -84,6 +92,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                 transport=transport,
                 llm_server=args.llm_server,
                 stagger_s=args.stagger,
+                rounds=args.rounds,
             )
             runs.append(run_plan(plan))
         if not args.no_ladder:
@@ -100,7 +109,8 @@ def report(result: dict[str, Any]) -> str:
         v2v = o["voice_to_voice_ms"]
         lines.append(
             f"{run['llm']:>9}{f' ({server})' if (server := run.get('llm_server')) else ''} "
-            f"{run['transport']:>9} x{run['users']} (stagger {run['stagger_s']:g} s): {o['turns']} turns, "
+            f"{run['transport']:>9} x{run['users']} (stagger {run['stagger_s']:g} s, {run['rounds']} rounds): "
+            f"{o['turns']} turns, "
             f"voice-to-voice p50 {v2v['p50']} p95 {v2v['p95']} "
             f"max {v2v['max']} ms (server p50 {o['server_voice_to_voice_ms']['p50']}), "
             f"replies mid-speech {o['replies_mid_speech']}, eager ends {o['eager_endpoints']}, "

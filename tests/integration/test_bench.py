@@ -14,12 +14,14 @@ pytestmark = pytest.mark.integration
 
 
 def test_one_user_excerpt_gives_sane_figures(eval_dir: Path, server: Any, tmp_path: Path) -> None:
-    # "one two three" after 1.5 s of silence, streamed at real-time pace to the shared server.
+    # "one two three" after 1.5 s of silence, streamed at real-time pace to the shared server,
+    # twice: each round on a new session, the turns of both pooled.
     excerpt = load_conversation(eval_dir, "dev_conv01_turns").excerpt(37.0, 3.0)
-    result = run_plan(Plan(1, "embedded", excerpt, True, server.url, tmp_path))
+    result = run_plan(Plan(1, "embedded", excerpt, True, server.url, tmp_path, rounds=2))
 
     overall = result["overall"]
-    assert overall["turns"] == 1, result["per_user"]
+    assert overall["turns"] == 2, result["per_user"]
+    assert len(result["per_user"]) == 2 and result["rounds"] == 2
     assert overall["errors"] == 0
     v2v = overall["voice_to_voice_ms"]
     assert 100 < v2v["p50"] <= v2v["max"] < 15000  # the reply came after the speech ended, within bounds
@@ -28,7 +30,7 @@ def test_one_user_excerpt_gives_sane_figures(eval_dir: Path, server: Any, tmp_pa
     assert stages["endpoint_delay"]["p50"] >= 0
     assert overall["wer"] is not None and overall["wer"] <= 1.0
     assert overall["reply_audio_s"] > 0.2
-    assert overall["frames_sent"] >= 3.0 / 0.02  # every 20 ms of the excerpt (plus the wait) went out
+    assert overall["frames_sent"] >= 2 * 3.0 / 0.02  # every 20 ms of the excerpt (plus the wait) went out
     assert result["resources"]["loop_lag_ms"]["max"] >= 0
 
 

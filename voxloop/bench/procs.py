@@ -68,7 +68,9 @@ class Managed:
 def start_voxloop(log_dir: Path, env: dict[str, str]) -> tuple[Managed, str]:
     port = free_port()
     cmd = [sys.executable, "-m", "voxloop", "--log-level", "INFO", "serve", "--port", str(port)]
-    server = Managed("voxloop serve", cmd, log_dir / "server.log", env)
+    # The caller's own VOXLOOP_* settings win over the bench's: an A/B run of one setting.
+    ours = {key: value for key, value in env.items() if key not in os.environ}
+    server = Managed("voxloop serve", cmd, log_dir / "server.log", ours)
     url = f"http://127.0.0.1:{port}"
     try:
         server.wait_http(f"{url}/healthz")

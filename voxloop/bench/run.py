@@ -42,6 +42,7 @@ class Plan:
     transport: str = "websocket"  # or "webrtc": POST /v1/realtime/calls, Opus tracks, the oai-events channel
     llm_server: str = "llama-server"  # for llm "external": or "llama_cpp.server" (llama-cpp-python's, one slot)
     stagger_s: float = 0.0  # user i starts after i * stagger_s s of silence; 0: every user's turns in lockstep
+    rounds: int = 1  # the users talk the conversation through this many times, on new sessions; turns pooled
 
 
 @contextlib.contextmanager
@@ -64,6 +65,7 @@ def servers(plan: Plan) -> Iterator[tuple[str, list[Managed]]]:
                 "VOXLOOP_LLM__MODEL": gguf.stem,
                 "VOXLOOP_LLM__SERVER_SLOTS": str(slots),
                 "VOXLOOP_LLM__SERVER_PREFILL": str(plan.llm_server == "llama-server").lower(),
+                "VOXLOOP_LLM__PIN_SLOTS": str(plan.llm_server == "llama-server").lower(),
             }
         server, url = start_voxloop(plan.log_dir, env)
         started.append(server)
@@ -142,7 +144,9 @@ async def _users(url: str, started: list[Managed], plan: Plan) -> dict[str, Any]
     watcher = asyncio.create_task(sampler.watch(), name="bench-sampler")
     begun = time.monotonic()
     try:
-        users = await asyncio.gather(*(_one_user(url, plan, i) for i in range(plan.users)))
+        users = []
+        for _ in range(plan.rounds):
+            users += await asyncio.gather(*(_one_user(url, plan, i) for i in range(plan.users)))
     finally:
         await cancel_and_wait(watcher)
     overall = aggregate(users)
@@ -167,6 +171,7 @@ def run_plan(plan: Plan) -> dict[str, Any]:
         "audio_s": round(len(plan.conversation.pcm) / 16000, 2),
         "polite": plan.polite,
         "stagger_s": plan.stagger_s,
+        "rounds": plan.rounds,
         "overhead_method": OVERHEAD_METHOD,
         **result,
     }
