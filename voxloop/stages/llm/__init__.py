@@ -244,9 +244,10 @@ class LlmStage(StageBase):
             await self.session.wait_for_mark("tts_first_audio", FIRST_AUDIO_WAIT_S)
 
     def _prefills_history(self) -> bool:
-        """Only a server with llm.server_prefill (a cloud API would bill it). Not the embedded
-        model: with one cache and one thread for all sessions, a prefill at speech start made
-        barge-ins miss their reply in the test suite (left for later)."""
+        """Prefill at speech start (and after a reply): only a server with llm.server_prefill (a
+        cloud API would bill it). Not the embedded model at speech start: with one cache and one
+        thread for all sessions, that made barge-ins miss their reply in the test suite (left for
+        later); it is prefilled after a reply only (`_prefill_next_turn`)."""
         return self.settings.backend == "openai" and self.settings.server_prefill
 
     async def _prefill_history(self) -> None:
