@@ -69,9 +69,10 @@ async def test_a_partial_transcript_prefills_exactly_the_prompt_the_final_one_as
 
 
 # With a window of 6 messages, the 4th question moves it on by 3: system + the last 3 earlier messages.
-@pytest.mark.parametrize(("earlier_turns", "prefilled_messages"), [(0, 1), (2, 5), (3, 4)])
+# After the 3rd reply the next window moves too, so that reply is followed by a prefill of its own.
+@pytest.mark.parametrize(("earlier_turns", "prefilled_messages", "prefills"), [(0, 1, 1), (2, 5, 2), (3, 4, 1)])
 async def test_the_start_of_speech_prefills_the_conversation_the_turns_request_begins_with(
-    earlier_turns: int, prefilled_messages: int
+    earlier_turns: int, prefilled_messages: int, prefills: int
 ) -> None:
     session, backend = Session(), RecordingBackend()
     for n in range(earlier_turns):
@@ -84,9 +85,11 @@ async def test_the_start_of_speech_prefills_the_conversation_the_turns_request_b
         session.user_said("What time is it?")
         await graph.push(session.make(Transcript, text="What time is it?", final=True))
         frames = [await graph.output.get() for _ in range(3)]
+        await asyncio.sleep(0.01)
     assert isinstance(frames[-1], ReplyDone)
     [asked] = backend.asked
-    prefilled = backend.prefilled[0]  # (where the reply moves the next window, the next turn's comes after it)
+    assert len(backend.prefilled) == prefills
+    prefilled = backend.prefilled[0]
     assert prefilled == asked[: len(prefilled)] and len(asked) == len(prefilled) + 1  # all but the new question
     assert prefilled[0]["role"] == "system" and len(prefilled) == prefilled_messages
 

@@ -214,8 +214,13 @@ class OpenAICompatBackend:
         logged and forgotten. Without it nothing: an extra request would only queue or cost."""
         if not self._settings.server_prefill:
             return
-        body = {"model": self.model, "messages": messages, "max_tokens": 1, "temperature": 0.0}
-        body |= self._slot(conversation)
+        body = {
+            "model": self.model,
+            "messages": messages,
+            "max_tokens": 1,
+            "temperature": 0.0,
+            **self._slot(conversation),
+        }
         started = time.perf_counter()
         try:
             response = await self._client.post(f"{self.base_url}/chat/completions", json=body)
