@@ -5,8 +5,10 @@ Also: two Piper voices from one .onnx with different length_scale, loaded once."
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import time
 import wave
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +23,7 @@ from voxloop.client import RealtimeClient, silence
 from voxloop.pipeline.assets import AssetStore
 from voxloop.pipeline.audio import decode_audio
 from voxloop.pipeline.config import TtsSettings
+from voxloop.pipeline.workers import Priority, work_priority
 from voxloop.stages.tts.piper import PiperProvider
 from voxloop.stages.tts.voice import VoiceSpec
 
@@ -139,6 +142,33 @@ async def test_two_voices_share_one_model_with_their_own_speed(asset_store: Asse
             heard[voice.name] = sum(len(b.pcm) for b in blocks) / 22050
         assert 1.3 < heard["slow-joe"] / heard["joe"] < 1.9
         assert len(provider._voices) == 1  # one .onnx, loaded once, for both voices
+    finally:
+        await provider.aclose()
+
+
+async def test_a_live_sentence_is_spoken_beside_a_background_reply_word_for_word(asset_store: AssetStore) -> None:
+    """A reply's later sentences (AHEAD) run on the provider's background thread, beside another
+    session's first clause (LIVE) on the live one (tests/unit/test_workers.py proves the threads):
+    one ONNX session and espeak-ng (not thread-safe, so locked) serve both, and each comes out
+    sample for sample as it does alone."""
+    provider = PiperProvider(TtsSettings(), asset_store)
+    voice = VoiceSpec("still", "piper", settings={"noise_scale": 0, "noise_w": 0})  # no randomness
+    story = " ".join(f"This is sentence {n} of a long story that goes on." for n in range(1, 9))
+    clause = "Sure, here it is."
+
+    async def speak(text: str, priority: Priority) -> tuple[np.ndarray, float]:
+        with work_priority(priority):
+            blocks = [block.pcm async for block in provider.stream(text, voice)]
+        return np.concatenate(blocks), time.monotonic()
+
+    try:
+        alone = {text: (await speak(text, Priority.LIVE))[0] for text in (story, clause)}
+        background = asyncio.create_task(speak(story, Priority.AHEAD))
+        await asyncio.sleep(0.05)
+        live, live_done = await speak(clause, Priority.LIVE)
+        later, later_done = await background
+        assert live_done < later_done  # the first clause did not wait for the eight sentences
+        assert np.array_equal(live, alone[clause]) and np.array_equal(later, alone[story])
     finally:
         await provider.aclose()
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 
-from voxloop.pipeline.workers import ModelWorker, Priority, batch_priority, current_priority
+from voxloop.pipeline.workers import ModelWorker, Priority, batch_priority, current_priority, work_priority
 from voxloop.server.rest import BatchPriority
 
 pytestmark = pytest.mark.usefixtures("no_leaked_tasks")
@@ -96,6 +97,65 @@ async def test_a_stream_over_a_stateful_model_is_never_interleaved(worker: Model
     first, second = await asyncio.gather(read("a"), read("b"))
     assert first == [f"a{i}" for i in range(5)] and second == [f"b{i}" for i in range(5)]
     assert events == ["a"] * 5 + ["b"] * 5
+
+
+def _niceness() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+async def test_background_work_runs_beside_live_work_on_a_lower_priority_thread() -> None:
+    """With a background thread, a reply's later sentences never hold up a live call: the live one
+    runs at once on its own thread, at the process's priority; the background one at a lower one."""
+    worker = ModelWorker("test-bg", background=1, background_nice=5)
+    try:
+        release, seen = threading.Event(), {}
+
+        def background_sentence() -> int:
+            seen["background"] = _niceness()
+            release.wait(5)
+            return _niceness()
+
+        with work_priority(Priority.AHEAD):
+            later = asyncio.create_task(worker.run(background_sentence))
+        await asyncio.sleep(0.05)  # the background thread is busy ...
+        live = await asyncio.wait_for(worker.run(_niceness), 1)  # ... and a live call does not wait for it
+        assert not worker.busy
+        release.set()
+        base = _niceness()
+        assert live == base and await later == seen["background"] == min(19, base + 5)
+        # Background work only ever runs on background threads: batch work too.
+        with batch_priority():
+            assert await worker.run(_niceness) == min(19, base + 5)
+    finally:
+        worker.shutdown()
+
+
+async def test_live_work_never_waits_for_a_background_stream() -> None:
+    worker = ModelWorker("test-bg", background=1)
+    try:
+        events: list[str] = []
+
+        def sentences() -> Iterator[int]:
+            for index in range(6):
+                time.sleep(0.03)
+                events.append(f"sentence {index}")
+                yield index
+
+        async def read_all() -> list[int]:
+            with work_priority(Priority.AHEAD):
+                return [item async for item in worker.stream(sentences, interleave=True)]
+
+        reader = asyncio.create_task(read_all())
+        await asyncio.sleep(0.05)
+        with batch_priority():
+            batch = asyncio.create_task(worker.run(events.append, "batch"))
+        await worker.run(events.append, "live")  # its own thread: at once
+        assert await reader == list(range(6))
+        await batch
+        # Live work did not wait for the stream; batch work, less urgent than it, waited to the end.
+        assert events.index("live") < events.index("sentence 5") and events[-1] == "batch"
+    finally:
+        worker.shutdown()
 
 
 @pytest.mark.parametrize(

@@ -248,6 +248,9 @@ class TtsSettings(Section):
     noise_scale: float = Field(0.667, ge=0.0, le=2.0)
     noise_w: float = Field(0.8, ge=0.0, le=2.0)
     frame_ms: int = Field(40, gt=0, le=500, description="size of the audio frames streamed out")
+    threads: int = Field(
+        1, ge=0, description="ONNX Runtime threads per Piper synthesis; 1 lets live and background calls run apart"
+    )
     default_voice: str | None = Field(None, description="the voice sessions speak with; null: the built-in one")
     voices: list[VoiceSettings] = Field(default_factory=list)
     router: TtsRouterSettings = Field(default_factory=TtsRouterSettings)

@@ -15,6 +15,15 @@ One whose items are independent model calls (Whisper windows, Piper sentences) s
 `interleave=True`: between two items its thread first runs any waiting call that is at least as
 urgent as the stream, so a 5-minute upload delays a live turn by one Whisper window, not by the
 whole file. The threads never outnumber `max_workers`.
+
+A model whose calls may run side by side (an ONNX Runtime session) can also be given background
+threads (`background=N`): then live calls run on the `max_workers` foreground threads and work
+ahead of need and batch work on the background ones, which the operating system runs at a lower
+priority (`background_nice`). On a small CPU shared with other models and an LLM server, a reply's
+later sentences then take only the cycles nobody waiting needs, instead of slowing down another
+session's first clause or first token (the kernel preempts within milliseconds; a queue can only
+reorder whole calls). Raising a thread's niceness needs no privilege; it is never lowered again,
+which is why the two kinds of work keep to their own threads.
 """
 
 from __future__ import annotations
@@ -22,8 +31,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import heapq
 import itertools
+import logging
+import os
 import threading
 from collections.abc import AsyncGenerator, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -34,6 +46,9 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 _DONE = object()
+BACKGROUND_NICE = 10  # background threads' niceness: one-tenth the CPU share of a normal thread when both want it
+
+log = logging.getLogger(__name__)
 
 
 class Priority(enum.IntEnum):
@@ -80,23 +95,37 @@ class _Call:
             self.future.set_exception(exc)
 
 
-class ModelWorker:
-    """The threads of one model and the queue of calls waiting for them."""
+class _Lane:
+    """Threads and the queue of calls waiting for them: a priority heap, the most urgent first."""
 
-    def __init__(self, name: str, max_workers: int = 1) -> None:
+    def __init__(self, name: str, threads: int, nice: int = 0) -> None:
+        initializer = functools.partial(_renice, nice) if nice else None
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix=f"voxloop-{name}", initializer=initializer)
+        self.slots = threads
+        self.waiting: list[tuple[int, int, _Call]] = []
+        self.active = 0  # calls (and streams) holding a thread now
+
+
+class ModelWorker:
+    """The threads of one model and the queues of calls waiting for them."""
+
+    def __init__(
+        self, name: str, max_workers: int = 1, *, background: int = 0, background_nice: int = BACKGROUND_NICE
+    ) -> None:
         self.name = name
-        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=f"voxloop-{name}")
-        self._slots = max_workers
-        self._waiting: list[tuple[int, int, _Call]] = []
+        self._live = _Lane(name, max_workers)
+        self._later = _Lane(f"{name}-bg", background, background_nice) if background else self._live
         self._tickets = itertools.count()
         self._lock = threading.Lock()
-        self._active = 0  # calls (and streams) holding a thread now
+
+    def _lane(self, priority: Priority) -> _Lane:
+        return self._live if priority is Priority.LIVE else self._later
 
     @property
     def busy(self) -> bool:
-        """Is every thread taken, or a call waiting for one?"""
+        """Is every live thread taken, or a live call waiting for one?"""
         with self._lock:
-            return self._active >= self._slots or bool(self._waiting)
+            return self._live.active >= self._live.slots or bool(self._live.waiting)
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         call = self._submit(lambda: fn(*args, **kwargs), current_priority())
@@ -104,33 +133,35 @@ class ModelWorker:
 
     def _submit(self, fn: Callable[[], Any], priority: Priority) -> _Call:
         call = _Call(fn)
+        lane = self._lane(priority)
         with self._lock:
-            heapq.heappush(self._waiting, (int(priority), next(self._tickets), call))
-        self._pool.submit(self._run_most_urgent)
+            heapq.heappush(lane.waiting, (int(priority), next(self._tickets), call))
+        lane.pool.submit(self._run_most_urgent, lane)
         return call
 
-    def _run_most_urgent(self) -> None:
-        call = self._take()
+    def _run_most_urgent(self, lane: _Lane) -> None:
+        call = self._take(lane)
         if call is None:
             return  # a streaming thread ran it in between two of its items
         with self._lock:
-            self._active += 1
+            lane.active += 1
         try:
             call.run()
         finally:
             with self._lock:
-                self._active -= 1
+                lane.active -= 1
 
-    def _take(self, at_most: Priority | None = None) -> _Call | None:
-        """The most urgent waiting call (only if at least as urgent as `at_most`), off the queue."""
+    def _take(self, lane: _Lane, at_most: Priority | None = None) -> _Call | None:
+        """The lane's most urgent waiting call (only if at least as urgent as `at_most`), off its queue."""
         with self._lock:
-            if not self._waiting or (at_most is not None and self._waiting[0][0] > at_most):
+            if not lane.waiting or (at_most is not None and lane.waiting[0][0] > at_most):
                 return None
-            return heapq.heappop(self._waiting)[2]
+            return heapq.heappop(lane.waiting)[2]
 
     def _run_waiting(self, at_most: Priority) -> None:
-        """In a streaming thread between two items: the waiting calls at least as urgent as the stream."""
-        while (call := self._take(at_most)) is not None:
+        """In a streaming thread between two items: the waiting calls of its lane at least as urgent as the stream."""
+        lane = self._lane(at_most)
+        while (call := self._take(lane, at_most)) is not None:
             call.run()
 
     async def stream(
@@ -183,7 +214,19 @@ class ModelWorker:
                 call.future.result()
 
     def shutdown(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        for lane in {id(self._live): self._live, id(self._later): self._later}.values():
+            lane.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _renice(nice: int) -> None:
+    """Lower this thread's scheduling priority (Linux: niceness is per thread). Where that is not
+    possible the thread keeps the normal priority: only the ordering by the queue is left."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except (AttributeError, OSError) as exc:
+        extra = {"event": "worker_renice_failed", "error": str(exc)}
+        log.warning("cannot lower a background thread's priority", extra=extra)
 
 
 def _handed_over(

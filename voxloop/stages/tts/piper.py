@@ -17,10 +17,13 @@ import functools
 import json
 import logging
 import math
+import threading
 from collections.abc import AsyncGenerator, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import numpy.typing as npt
 import onnxruntime as ort
 from piper import PiperConfig, PiperVoice, SynthesisConfig
 
@@ -54,8 +57,7 @@ class PiperEngine:
 
     def synthesize(self, text: str) -> Iterator[PCM16]:
         """Blocking: one int16 block per sentence of `text`, at `sample_rate`."""
-        for chunk in self.voice.synthesize(text, self.config):
-            yield chunk.audio_int16_array
+        return _synthesize(self.voice, text, self.config)
 
     def close(self) -> None:
         self.worker.shutdown()
@@ -64,32 +66,36 @@ class PiperEngine:
 def load_piper(settings: TtsSettings, store: AssetStore) -> PiperEngine:
     """Load the voice `settings.voice` names (blocking; call once at startup)."""
     model = resolve_voice(settings.voice, store)
-    return PiperEngine(load_voice_file(model, settings.voice), settings, name=model.stem)
+    return PiperEngine(load_voice_file(model, settings.voice, settings.threads), settings, name=model.stem)
 
 
-def load_voice_file(model: Path, configured: str) -> PiperVoice:
+def load_voice_file(model: Path, configured: str, threads: int = 1) -> PiperVoice:
     """Blocking: a Piper .onnx with its .onnx.json beside it; AssetError says what is missing or broken."""
     config = model.with_name(model.name + ".json")
     if not config.is_file():
         raise AssetError(f"Piper voice {model} has no config beside it: put {config.name} in {model.parent}")
     try:
-        voice = PiperVoice(session=_onnx_session(model), config=PiperConfig.from_dict(json.loads(config.read_text())))
+        piper_config = PiperConfig.from_dict(json.loads(config.read_text()))
+        voice = PiperVoice(session=_onnx_session(model, threads), config=piper_config)
     except Exception as exc:
         raise AssetError(
             f"cannot load the Piper voice {configured!r} from {model}: {exc}. "
             "The .onnx file may be damaged: fetch it again."
         ) from exc
-    for _ in voice.synthesize("Hello."):  # the first synthesis pays for ONNX Runtime's buffers; a user should not
+    for _ in _synthesize(voice, "Hello.", SynthesisConfig()):  # the first call pays for ONNX Runtime's buffers
         pass
     extra = {"event": "tts_model_loaded", "voice": model.stem, "sample_rate": voice.config.sample_rate}
     log.info("piper voice loaded", extra=extra)
     return voice
 
 
-def _onnx_session(model: Path) -> ort.InferenceSession:
-    """Piper's default session, but with idle threads that sleep instead of spinning: on two cores
+def _onnx_session(model: Path, threads: int) -> ort.InferenceSession:
+    """`threads` per synthesis (tts.threads; 0: ONNX Runtime's default, one per core). With one, a
+    call runs on the thread that makes it, so a live and a background call run side by side, each
+    at its thread's priority (PiperProvider). Idle threads sleep instead of spinning: on two cores
     shared with Whisper and the LLM, a spinning thread takes the core someone else is waiting for."""
     options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(model), sess_options=options, providers=["CPUExecutionProvider"])
 
@@ -125,7 +131,9 @@ class PiperProvider:
 
     def __init__(self, settings: TtsSettings, store: AssetStore) -> None:
         self.settings, self.store = settings, store
-        self.worker = ModelWorker("tts-piper")
+        # A reply's later sentences (Priority.AHEAD) are made on a background thread of low OS
+        # priority, beside the live one: they never delay another session's first clause.
+        self.worker = ModelWorker("tts-piper", background=1)
         self._voices: dict[Path, PiperVoice] = {}
         self._lock = asyncio.Lock()
 
@@ -135,7 +143,7 @@ class PiperProvider:
         path = await self.worker.run(resolve_voice, configured, self.store)
         async with self._lock:
             if path not in self._voices:
-                self._voices[path] = await self.worker.run(load_voice_file, path, configured)
+                self._voices[path] = await self.worker.run(load_voice_file, path, configured, self.settings.threads)
             return self._voices[path]
 
     def synthesis_config(self, voice: VoiceSpec) -> SynthesisConfig:
@@ -164,9 +172,26 @@ class PiperProvider:
         self.worker.shutdown()
 
 
+_PHONEMIZER = threading.Lock()  # espeak-ng, behind Piper's phonemizer, is one global state per process
+
+
 def _synthesize(voice: PiperVoice, text: str, config: SynthesisConfig) -> Iterator[PCM16]:
-    for chunk in voice.synthesize(text, config):
-        yield chunk.audio_int16_array
+    """One int16 block per sentence. Phonemes under a lock: a live and a background thread may
+    synthesise side by side (the ONNX session allows it; espeak-ng does not)."""
+    with _PHONEMIZER:
+        sentences = voice.phonemize(text)
+    for phonemes in filter(None, sentences):
+        audio = voice.phoneme_ids_to_audio(voice.phonemes_to_ids(phonemes), config)
+        yield _to_int16(audio[0] if isinstance(audio, tuple) else audio, config)
+
+
+def _to_int16(audio: npt.NDArray[np.float32], config: SynthesisConfig) -> PCM16:
+    """Piper's own finish of a sentence's audio: peak-normalised (unless turned off), volume, clipped."""
+    peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+    if config.normalize_audio:
+        audio = audio / peak if peak > 1e-8 else np.zeros_like(audio)
+    audio = np.clip(audio * config.volume, -1.0, 1.0)
+    return (audio * 32767).astype(np.int16)
 
 
 def _knobs(name: str, settings: Mapping[str, Any]) -> dict[str, float]:
