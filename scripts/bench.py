@@ -1,6 +1,6 @@
 """The concurrency benchmark: N simulated users talk to a real voxloop server over the realtime protocol.
 
-    scripts/bench [--users 1] [--duration 60] [--llm embedded,external] [--transport websocket,webrtc]
+    scripts/bench [--users 1,4] [--duration 60] [--llm embedded,external] [--transport websocket,webrtc]
                   [--llm-server llama-server|llama_cpp.server] [--stagger 3] [--rounds 1]
                   [--url http://HOST:PORT] [--conversation dev_conv01_turns] [--start 0] [--no-ladder]
                   [--out out/bench.json]
@@ -8,8 +8,10 @@
 Each user streams a real conversation from ../shared/eval at real-time pace with its natural
 pauses, waiting (microphone open, on silence) for each reply to finish playing. Then one user
 streams the pause-ladder recording as recorded, to score false endpoints. Writes a JSON result
-and a PNG plot next to it. Every process it starts is stopped at the end, also on Ctrl-C.
-Figures, not pass/fail: on a shared machine compare runs taken together. A VOXLOOP_* variable
+and a PNG plot next to it. With several user counts (--users 1,4) it also prints each count's
+p95 voice-to-voice as a multiple of the first count's, measured in the same sitting. Every
+process it starts is stopped at the end, also on Ctrl-C. Figures, not pass/fail: on a shared
+machine compare runs taken together. A VOXLOOP_* variable
 in the environment wins over the bench's own server settings, for A/B runs of one setting.
 """
 
@@ -24,6 +26,7 @@ from typing import Any
 from voxloop.bench.conversation import load_conversation
 from voxloop.bench.plot import plot
 from voxloop.bench.run import Plan, run_plan
+from voxloop.bench.stats import scaling
 from voxloop.pipeline.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +35,9 @@ LADDER = "dev_conv02_pause_ladder"
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--users", type=int, default=1, help="simulated users at once (default 1)")
+    parser.add_argument(
+        "--users", default="1", help="simulated users at once, or a comma-separated list of counts to run in turn"
+    )
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of each recording to use (default 60)")
     parser.add_argument("--start", type=float, default=0.0, help="where in the conversation to start (s)")
     parser.add_argument("--conversation", default="dev_conv01_turns", help="a conv_id of conversations.tsv")
@@ -43,6 +48,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         choices=["llama-server", "llama_cpp.server"],
         help="the external LLM server: llama.cpp's llama-server with one slot per user (built by "
         "scripts/build_llama_server when missing, ~8 min once) or llama-cpp-python's, which has one slot",
+    )
+    parser.add_argument(
+        "--llm-threads",
+        type=int,
+        help="threads of the llama-server the benchmark starts (default: one per four cores, at least one)",
     )
     parser.add_argument("--transport", default="websocket", help="websocket, webrtc or both (comma-separated)")
     parser.add_argument(
@@ -68,7 +78,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args.transports = args.transport.split(",")
     if not set(args.transports) <= {"websocket", "webrtc"}:
         parser.error("--transport must be a list of websocket and webrtc")
-    if args.users < 1 or args.rounds < 1 or args.duration <= 0 or not set(llms) <= {"embedded", "external"}:
+    try:
+        args.user_counts = [int(n) for n in args.users.split(",")]
+    except ValueError:
+        parser.error("--users must be a count or a comma-separated list of counts, e.g. 1,4")
+    valid = min(args.user_counts) >= 1 and args.rounds >= 1 and args.duration > 0
+    if not valid or not set(llms) <= {"embedded", "external"}:
         parser.error("--users and --rounds must be >= 1, --duration > 0, and --llm a list of embedded and external")
     args.llms = ["as configured"] if args.url else llms
     return args
@@ -81,23 +96,33 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     runs, ladders = [], []
     for llm in args.llms:
         for transport in args.transports:
-            where = logs / f"{llm}-{transport}"
-            plan = Plan(
-                args.users,
-                llm,
-                conversation,
-                polite=True,
-                url=args.url,
-                log_dir=where,
-                transport=transport,
-                llm_server=args.llm_server,
-                stagger_s=args.stagger,
-                rounds=args.rounds,
-            )
-            runs.append(run_plan(plan))
+            for users in args.user_counts:
+                plan = Plan(
+                    users,
+                    llm,
+                    conversation,
+                    polite=True,
+                    url=args.url,
+                    log_dir=logs / f"{llm}-{transport}-x{users}",
+                    transport=transport,
+                    llm_server=args.llm_server,
+                    stagger_s=args.stagger,
+                    rounds=args.rounds,
+                    llm_threads=args.llm_threads,
+                )
+                runs.append(run_plan(plan))
         if not args.no_ladder:
             where = logs / f"{llm}-ladder"
-            plan = Plan(1, llm, ladder, polite=False, url=args.url, log_dir=where, llm_server=args.llm_server)
+            plan = Plan(
+                1,
+                llm,
+                ladder,
+                polite=False,
+                url=args.url,
+                log_dir=where,
+                llm_server=args.llm_server,
+                llm_threads=args.llm_threads,
+            )
             ladders.append(run_plan(plan))
     return {"runs": runs, "pause_ladder": ladders}
 
@@ -118,6 +143,7 @@ def report(result: dict[str, Any]) -> str:
             f"underruns {o['reply_underruns']}, frame jitter {o['reply_frame_jitter_ms']}, "
             f"loop lag {run['resources']['loop_lag_ms']}"
         )
+    lines += scaling(result["runs"])
     for run in result["pause_ladder"]:
         ep = run["per_user"][0]["endpoints"]
         if ep:

@@ -6,7 +6,7 @@ import base64
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from voxloop.bench.stats import turns
+from voxloop.bench.stats import scaling, turns
 from voxloop.bench.user import UserRun
 from voxloop.client import RealtimeClient, Received
 
@@ -42,3 +42,20 @@ def test_server_latency_is_counted_only_for_a_turn_the_server_ended_after_the_sp
     assert figures["inside"]["mid_speech"] and figures["inside"]["server_v2v_ms"] is None  # answered a pause
     assert figures["inside"]["client_v2v_ms"] is None
     assert figures["unended"]["server_v2v_ms"] is None  # no end of turn in its trace
+
+
+def test_scaling_gives_each_user_count_p95_as_a_multiple_of_the_first() -> None:
+    def run(llm: str, users: int, client: float | None, server: float) -> dict[str, Any]:
+        overall = {"voice_to_voice_ms": {"p95": client}, "server_voice_to_voice_ms": {"p95": server}}
+        return {"llm": llm, "transport": "websocket", "users": users, "overall": overall}
+
+    runs = [
+        run("external", 1, 800.0, 900.0),
+        run("external", 4, 1200.0, 1800.0),
+        run("embedded", 1, 700.0, 700.0),  # another LLM: its own base
+        run("embedded", 4, None, 1400.0),  # no client figure: said, not divided by
+    ]
+    lines = scaling(runs)
+    assert len(lines) == 2
+    assert "x4 against x1" in lines[0] and "1.50x (client), 2.00x (server)" in lines[0]
+    assert lines[1].strip().startswith("embedded") and "n/a (client), 2.00x (server)" in lines[1]

@@ -80,14 +80,28 @@ def start_voxloop(log_dir: Path, env: dict[str, str]) -> tuple[Managed, str]:
     return server, url
 
 
-def start_llama(log_dir: Path, model: Path, server: str, slots: int) -> tuple[Managed, str]:
+def llm_server_threads() -> int:
+    """Threads for a llama-server that shares the machine with voxloop: one per four cores, at least one.
+    llama.cpp's threads spin at a barrier after every operation of a step; on a few cores kept busy
+    by Whisper and Piper, a step then waits for a thread the kernel has put aside: with two threads
+    on two shared cores it spent twice the CPU time on the same tokens as with one."""
+    return max(1, (os.cpu_count() or 1) // 4)
+
+
+def start_llama(log_dir: Path, model: Path, server: str, slots: int, threads: int | None = None) -> tuple[Managed, str]:
     """An OpenAI-compatible server for `model` on a free port: llama.cpp's llama-server with `slots`
-    parallel slots (continuous batching), or llama-cpp-python's server, which has one."""
+    parallel slots (continuous batching) and `threads` threads, or llama-cpp-python's server, which has one."""
     port = free_port()
     where = ["--host", "127.0.0.1", "--port", str(port)]
     if server == "llama-server":
-        # --poll 0: idle threads sleep; polling ones take the cores voxloop shares with it (tokens ~25% slower)
-        slotted = ["--parallel", str(slots), "--no-webui", "--poll", "0"]
+        slotted = [
+            *("--parallel", str(slots), "--threads", str(threads or llm_server_threads())),
+            # --poll 0: idle threads sleep; polling ones take the cores voxloop shares with it (tokens ~25% slower)
+            *("--poll", "0", "--no-webui"),
+            # When a conversation's history window moves on, the messages it keeps are still in the
+            # slot's cache at other positions: shift them there instead of reading them again.
+            *("--cache-reuse", "16"),
+        ]
         cmd = [str(find_or_build()), "--model", str(model), *where, *slotted]
     else:
         cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), *where]

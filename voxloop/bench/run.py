@@ -43,6 +43,7 @@ class Plan:
     llm_server: str = "llama-server"  # for llm "external": or "llama_cpp.server" (llama-cpp-python's, one slot)
     stagger_s: float = 0.0  # user i starts after i * stagger_s s of silence; 0: every user's turns in lockstep
     rounds: int = 1  # the users talk the conversation through this many times, on new sessions; turns pooled
+    llm_threads: int | None = None  # llama-server's threads; None: procs.llm_server_threads()
 
 
 @contextlib.contextmanager
@@ -57,7 +58,7 @@ def servers(plan: Plan) -> Iterator[tuple[str, list[Managed]]]:
         if plan.llm == "external":
             gguf = next(AssetStore().path("smollm2-135m").glob("*.gguf"))
             slots = plan.users if plan.llm_server == "llama-server" else 1
-            llama, base_url = start_llama(plan.log_dir, gguf, plan.llm_server, slots)
+            llama, base_url = start_llama(plan.log_dir, gguf, plan.llm_server, slots, plan.llm_threads)
             started.append(llama)
             env = {
                 "VOXLOOP_LLM__BACKEND": "openai",
@@ -172,6 +173,7 @@ def run_plan(plan: Plan) -> dict[str, Any]:
         "polite": plan.polite,
         "stagger_s": plan.stagger_s,
         "rounds": plan.rounds,
+        "llm_threads": plan.llm_threads,
         "overhead_method": OVERHEAD_METHOD,
         **result,
     }

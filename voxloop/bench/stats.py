@@ -141,3 +141,28 @@ def aggregate(users: list[dict[str, Any]]) -> dict[str, Any]:
         "input_backlog_ms": summary([t["input_backlog_ms_max"] for t in all_turns if t["input_backlog_ms_max"]]),
         "eager_endpoints": sum(1 for t in all_turns if t["endpoint"] == "eager"),
     }
+
+
+def scaling(runs: list[dict[str, Any]]) -> list[str]:
+    """For each LLM and transport run with several user counts: each count's p95 voice-to-voice
+    (client and server) as a multiple of the first count's."""
+    lines = []
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault((run["llm"], run["transport"]), []).append(run)
+    for (llm, transport), group in groups.items():
+        base = group[0]
+        for run in group[1:]:
+            ratios = [
+                _ratio(run["overall"][key]["p95"], base["overall"][key]["p95"])
+                for key in ("voice_to_voice_ms", "server_voice_to_voice_ms")
+            ]
+            lines.append(
+                f"{llm:>9} {transport:>9} x{run['users']} against x{base['users']}: "
+                f"p95 voice-to-voice {ratios[0]} (client), {ratios[1]} (server)"
+            )
+    return lines
+
+
+def _ratio(value: float | None, base: float | None) -> str:
+    return f"{value / base:.2f}x" if value and base else "n/a"
