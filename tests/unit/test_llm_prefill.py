@@ -128,7 +128,8 @@ async def test_a_speculative_reply_is_made_only_while_the_model_is_free() -> Non
     session.speculative_reply = True
     async with Graph(session, [LlmStage(session, LlmSettings(), backend)]) as graph:
         await session.user_started_speaking()
-        assert session.begin_speculation()
+        session.paused(1)
+        assert session.begin_speculation(1)
         await graph.push(session.make(Transcript, text="What time is it?", final=False))
         frames = [await graph.output.get() for _ in range(3)]  # the partial, the reply text, the reply done
         assert isinstance(frames[-1], ReplyDone) and len(backend.asked) == 1 and backend.prefilled == []
@@ -136,7 +137,7 @@ async def test_a_speculative_reply_is_made_only_while_the_model_is_free() -> Non
 
         await session.drop_speculation()
         backend.answering_someone_else = True
-        assert session.begin_speculation()
+        assert session.begin_speculation(1)
         await graph.push(session.make(Transcript, text="What time is it in Rome?", final=False))
         await graph.output.get()
         await asyncio.sleep(0.01)
@@ -147,7 +148,8 @@ async def test_a_speculative_reply_is_made_only_while_the_model_is_free() -> Non
 def test_a_confirmed_speculation_is_never_forgone() -> None:
     session = Session()
     session.speculative_reply, session.user_speaking = True, True
-    assert session.begin_speculation()
+    session.paused(1)
+    assert session.begin_speculation(1)
     assert session.speculation is not None
     session.speculation.confirmed = ()
     assert not session.forgo_speculation() and session.speculation is not None
@@ -194,7 +196,8 @@ async def test_after_a_speculative_reply_the_next_window_counts_its_question_onc
     settings = LlmSettings(backend="embedded", max_history_messages=6)
     async with Graph(session, [LlmStage(session, settings, backend)]) as graph:
         await session.user_started_speaking()
-        assert session.begin_speculation()
+        session.paused(1)
+        assert session.begin_speculation(1)
         await graph.push(session.make(Transcript, text="What time is it?", final=False))
         [await graph.output.get() for _ in range(3)]
         await asyncio.sleep(0.01)

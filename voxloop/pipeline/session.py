@@ -64,6 +64,7 @@ class Session:
         # STT sets it, the VAD then ends the turn after the shorter, eager hangover.
         self.finished_sentence_ns: int | None = None
         self.speculative_reply = False  # answer early transcripts during the hangover (pipeline/speculation.py)
+        self.pause_ns: int | None = None  # the speech end of the pause the VAD announced, until voice comes back
         self.speculation: Speculation | None = None
         self._flush_handlers: list[InterruptHandler] = []  # the graph: drops the work of older epochs
         self._interrupt_handlers: list[InterruptHandler] = []
@@ -126,6 +127,7 @@ class Session:
     async def user_started_speaking(self) -> None:
         """A new user turn begins; a reply still in flight is interrupted (barge-in)."""
         self.user_speaking = True  # set first: stages cancelled by the barge-in can tell why
+        self.pause_ns = None
         if self.responding:
             await self.interrupt("barge_in")
         self.turn_id += 1
@@ -228,9 +230,24 @@ class Session:
 
     # -- speculative replies (pipeline/speculation.py) -----------------------------------------
 
-    def begin_speculation(self) -> bool:
-        """May a reply to the early transcript of this pause start now, held until the turn ends?"""
+    def paused(self, speech_end_ns: int) -> None:
+        """The VAD announced a pause in the user's speech, whose voice ended at `speech_end_ns`."""
+        self.pause_ns = speech_end_ns
+
+    async def voice_resumed(self) -> None:
+        """Voice came back after the pause: it was not the end. A reply speculated on it must not
+        be heard, nor one begun for it later (its transcript may still be on its way)."""
+        self.pause_ns = None
+        await self.drop_speculation()
+
+    def begin_speculation(self, pause_ns: int) -> bool:
+        """May a reply to the early transcript of the pause that ended at `pause_ns` start now,
+        held until the turn ends? Only while that pause lasts: a transcript that comes after the
+        user spoke on (a busy Whisper) answers half a question, and would be confirmed by the
+        next pause's end of turn in its place."""
         if not (self.speculative_reply and self.auto_respond and self.user_speaking and self.speculation is None):
+            return False
+        if pause_ns != self.pause_ns:
             return False
         self.speculation = Speculation(self.turn_id, self.epoch)
         return True

@@ -36,7 +36,7 @@ from voxloop.pipeline.frames import PCM16, Frame, SpeechEnded, Transcript
 from voxloop.pipeline.session import Session
 from voxloop.pipeline.stage import StageBase
 from voxloop.pipeline.text import CONTINUING_WORDS
-from voxloop.pipeline.workers import ModelWorker
+from voxloop.pipeline.workers import ModelWorker, Priority, work_priority
 
 if TYPE_CHECKING:
     from voxloop.pipeline.assets import AssetStore
@@ -395,14 +395,16 @@ class SttStage(StageBase):
         self._speculation = None
         if self._carried is not None:
             return None
-        result = await self.engine.atranscribe(pause.audio)
+        # Behind any final transcript another session is waiting for: a guess is worth less.
+        with work_priority(Priority.AHEAD):
+            result = await self.engine.atranscribe(pause.audio)
         self._speculation = (pause.turn_id, pause.speech_end_ns, result)
         self.session.mark("stt_speculative", replace=True)
         if not result.accepted:
             return None
         if reads_finished(result.text):
             self.session.finished_sentence_ns = pause.speech_end_ns
-        self.session.begin_speculation()  # the LLM answers it now, held until the end
+        self.session.begin_speculation(pause.speech_end_ns)  # the LLM answers it now, held until the end
         return self.session.make(Transcript, text=result.text, final=False, language=result.language)
 
     def _speculation_for(self, end: SpeechEnded) -> SttResult | None:

@@ -415,8 +415,8 @@ class VadStage(StageBase):
         for index, prob in enumerate(probs):
             events.extend(self._endpointer.update(prob, first_end + index * WINDOW))
         if self._pause is not None and self._endpointer.last_voiced_end > self._pause[0]:
-            self._pause = None  # the pause was not the end: a reply speculated on it must not be heard
-            await self.session.drop_speculation()
+            self._pause = None  # the pause was not the end
+            await self.session.voice_resumed()
         return events
 
     def _count_backlog(self, backlog_ns: int) -> None:
@@ -435,6 +435,7 @@ class VadStage(StageBase):
         ended = {"audio": event.audio, "speech_end_ns": speech_end_ns, "speech_end_s": event.speech_end / SAMPLE_RATE}
         if isinstance(event, SpeechPause):  # the STT may start while the hangover runs
             self._pause = (event.speech_end, speech_end_ns)
+            self.session.paused(speech_end_ns)
             self.session.mark("speech_pause", replace=True)
             return self.session.make(SpeechEnded, **ended, final=False)
         self._pause = None
