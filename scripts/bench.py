@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -141,7 +142,7 @@ def report(result: dict[str, Any]) -> str:
             f"replies mid-speech {o['replies_mid_speech']}, eager ends {o['eager_endpoints']}, "
             f"overhead p50 {o['overhead_per_turn_ms']['p50']} ms, WER {o['wer']}, "
             f"underruns {o['reply_underruns']}, frame jitter {o['reply_frame_jitter_ms']}, "
-            f"loop lag {run['resources']['loop_lag_ms']}"
+            f"loop lag {run['resources']['loop_lag_ms']}, machine {run['resources']['machine']}"
         )
     lines += scaling(result["runs"])
     for run in result["pause_ladder"]:
@@ -153,6 +154,8 @@ def report(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    # A SIGTERM ends the run like Ctrl-C: through the finally blocks that stop the servers it started.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         result = bench(args)
     except (InputError, RuntimeError) as exc:

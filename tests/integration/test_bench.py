@@ -32,6 +32,8 @@ def test_one_user_excerpt_gives_sane_figures(eval_dir: Path, server: Any, tmp_pa
     assert overall["reply_audio_s"] > 0.2
     assert overall["frames_sent"] >= 2 * 3.0 / 0.02  # every 20 ms of the excerpt (plus the wait) went out
     assert result["resources"]["loop_lag_ms"]["max"] >= 0
+    machine = result["resources"]["machine"]
+    assert 0 < machine["busy_percent"] <= 100 and 0 <= machine["steal_percent"] < 100
 
 
 def test_pause_ladder_scoring_counts_short_pauses(eval_dir: Path) -> None:

@@ -221,11 +221,24 @@ async def _truncate(client: RealtimeClient, response_id: str, audio_end_ms: int)
     return await client.wait_for("conversation.item.truncated", within=5, since=since)
 
 
+async def _ask_until_answered(client: RealtimeClient, question: PCM16, since: int) -> Received:
+    """Speak `question`, then keep the microphone open on silence only until the reply's first
+    audio arrives, so the interruption can follow at once. (Streaming a fixed tail of silence
+    first let a fast machine finish the whole reply before the interruption began.)"""
+    await client.stream(np.concatenate([silence(0.3), question]))
+    answered = asyncio.create_task(client.wait_received(AUDIO, within=TURN_S, since=since))
+    try:
+        while not answered.done():
+            await client.stream(silence(0.04))
+        return await answered
+    finally:
+        await cancel_and_wait(answered)
+
+
 async def _barge_in(client: RealtimeClient, question: PCM16, interruption: PCM16) -> BargeIn | None:
     """Ask, then speak over the reply's audio; None if the reply finished before the VAD heard it."""
     since = client.mark
-    await say(client, question)
-    first_audio = await client.wait_received(AUDIO, within=TURN_S, since=since)
+    first_audio = await _ask_until_answered(client, question, since)
     response_id = first_audio.event["response_id"]
     sent_at = time.monotonic()
     speaking = asyncio.create_task(client.stream(np.concatenate([interruption, silence(1.5)])))

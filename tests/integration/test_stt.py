@@ -21,7 +21,7 @@ from voxloop.pipeline.errors import AssetError, ConfigError
 from voxloop.pipeline.frames import EndOfInput, SpeechEnded, Transcript
 from voxloop.pipeline.graph import Graph
 from voxloop.pipeline.session import Message, Session, State
-from voxloop.pipeline.workers import batch_priority
+from voxloop.pipeline.workers import Priority, batch_priority, current_priority
 from voxloop.stages.stt import SAMPLE_RATE, SttResult, SttStage, WhisperEngine, load_whisper
 
 pytestmark = pytest.mark.integration
@@ -205,10 +205,12 @@ async def test_a_speculative_end_is_transcribed_once_and_reused_by_the_final_end
     engine: WhisperEngine, eval_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[int] = []
+    priorities: list[Priority] = []
     real = engine.atranscribe
 
     async def counting(pcm: np.ndarray) -> SttResult:
         calls.append(len(pcm))
+        priorities.append(current_priority())
         return await real(pcm)
 
     monkeypatch.setattr(engine, "atranscribe", counting)
@@ -240,6 +242,8 @@ async def test_a_speculative_end_is_transcribed_once_and_reused_by_the_final_end
             await asyncio.wait_for(graph.output.get(), timeout=60)
     assert calls[1:] == [len(speech), 2 * len(speech)]
     assert session.trace.notes["stt_speculative"] == "miss"
+    # A guess waits in the model's queue behind any session's final transcript, which someone waits for.
+    assert priorities == [Priority.AHEAD, Priority.AHEAD, Priority.LIVE]
 
 
 async def test_a_long_upload_yields_the_model_to_a_live_turn(engine: WhisperEngine, eval_dir: Path) -> None:

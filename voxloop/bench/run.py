@@ -85,6 +85,7 @@ class Sampler:
         self.cpu: dict[str, list[float]] = {name: [] for name in self.procs}
         self.rss: dict[str, list[float]] = {name: [] for name in self.procs}
         self.cpu_s0 = {name: self._cpu_s(p) for name, p in self.procs.items()}
+        self.machine0 = psutil.cpu_times()
         self.lag: list[dict[str, float]] = []
 
     @staticmethod
@@ -124,7 +125,19 @@ class Sampler:
             "p99": max((x["p99"] for x in self.lag), default=None),
             "max": max((x["max"] for x in self.lag), default=None),
         }
-        return {"processes": out, "loop_lag_ms": lag if self.lag else None}
+        return {"processes": out, "loop_lag_ms": lag if self.lag else None, "machine": self._machine()}
+
+    def _machine(self) -> dict[str, float]:
+        """The whole machine over the run, in percent of all its cores: busy, and stolen by the
+        hypervisor (Linux; a virtual machine's neighbours). A run with much steal is not comparable."""
+        now = psutil.cpu_times()
+        spent = {field: getattr(now, field) - getattr(self.machine0, field) for field in now._fields}
+        total = sum(spent.values()) or 1.0
+        idle = spent.get("idle", 0.0) + spent.get("iowait", 0.0)
+        return {
+            "busy_percent": round(100 * (total - idle - spent.get("steal", 0.0)) / total, 1),
+            "steal_percent": round(100 * spent.get("steal", 0.0) / total, 1),
+        }
 
 
 async def _connect(url: str, plan: Plan) -> RealtimeClient:

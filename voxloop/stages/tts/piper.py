@@ -131,9 +131,10 @@ class PiperProvider:
 
     def __init__(self, settings: TtsSettings, store: AssetStore) -> None:
         self.settings, self.store = settings, store
-        # A reply's later sentences (Priority.AHEAD) are made on a background thread of low OS
-        # priority, beside the live one: they never delay another session's first clause.
-        self.worker = ModelWorker("tts-piper", background=1)
+        # Two sessions' first clauses are made side by side (one ONNX thread each); a reply's later
+        # sentences (Priority.AHEAD) on a background thread of low OS priority, beside them: they
+        # never delay another session's first clause.
+        self.worker = ModelWorker("tts-piper", max_workers=2, background=1)
         self._voices: dict[Path, PiperVoice] = {}
         self._lock = asyncio.Lock()
 
