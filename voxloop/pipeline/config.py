@@ -110,7 +110,9 @@ class SttSettings(Section):
     beam_size: int = Field(1, ge=1, le=10)
     compute_type: str = "int8"
     device: Literal["cpu", "cuda", "auto"] = "cpu"
-    threads: int = Field(0, ge=0, description="0: let CTranslate2 decide")
+    threads: int = Field(
+        1, ge=0, description="CTranslate2 threads per transcription; 0: its default (tiny.en on 2 cores: 1 is as fast)"
+    )
     window_min_s: float = Field(
         10.0, ge=0.0, le=30.0, description="shortest encoder window (see stages/stt.py); 0: Whisper's full 30 s"
     )
