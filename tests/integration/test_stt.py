@@ -246,6 +246,31 @@ async def test_a_speculative_end_is_transcribed_once_and_reused_by_the_final_end
     assert priorities == [Priority.AHEAD, Priority.AHEAD, Priority.LIVE]
 
 
+async def test_two_sessions_are_transcribed_side_by_side(engine: WhisperEngine, eval_dir: Path) -> None:
+    """stt.workers model replicas: a session's final transcript does not queue behind another
+    session's transcription that is already running."""
+    assert engine.settings.workers >= 2
+    spans: dict[str, tuple[float, float]] = {}
+    real = engine.transcribe
+
+    def timed(pcm: np.ndarray) -> SttResult:
+        started = time.perf_counter()
+        result = real(pcm)
+        spans[str(len(pcm))] = (started, time.perf_counter())
+        return result
+
+    engine.transcribe = timed  # type: ignore[method-assign]
+    try:
+        first = read16k(eval_dir / "audio" / "jfk.wav")
+        second = read16k(eval_dir / "audio" / "psphinx_goforward.wav")
+        heard = await asyncio.gather(engine.atranscribe(first), engine.atranscribe(second))
+    finally:
+        del engine.transcribe
+    (a_start, a_end), (b_start, b_end) = spans[str(len(first))], spans[str(len(second))]
+    assert max(a_start, b_start) < min(a_end, b_end), "the second transcription waited for the first"
+    assert "ask not what your country" in heard[0].text.lower() and "forward" in heard[1].text.lower()
+
+
 async def test_a_long_upload_yields_the_model_to_a_live_turn(engine: WhisperEngine, eval_dir: Path) -> None:
     """A REST transcription of a long file runs at batch priority, window by window: a live
     utterance that arrives meanwhile is transcribed between two windows, not after the file."""

@@ -113,6 +113,9 @@ class SttSettings(Section):
     threads: int = Field(
         1, ge=0, description="CTranslate2 threads per transcription; 0: its default (tiny.en on 2 cores: 1 is as fast)"
     )
+    workers: int = Field(
+        2, ge=1, le=16, description="transcriptions at once (CTranslate2 replicas): a final need not wait for a guess"
+    )
     window_min_s: float = Field(
         10.0, ge=0.0, le=30.0, description="shortest encoder window (see stages/stt.py); 0: Whisper's full 30 s"
     )

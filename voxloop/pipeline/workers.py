@@ -14,7 +14,7 @@ a generator over a stateful model (an LLM's context) must not be interleaved wit
 One whose items are independent model calls (Whisper windows, Piper sentences) says
 `interleave=True`: between two items its thread first runs any waiting call that is at least as
 urgent as the stream, so a 5-minute upload delays a live turn by one Whisper window, not by the
-whole file. The threads never outnumber `max_workers`.
+whole file. The (foreground) threads never outnumber `max_workers`.
 
 A model whose calls may run side by side (an ONNX Runtime session) can also be given background
 threads (`background=N`): then live calls run on the `max_workers` foreground threads and work
@@ -46,7 +46,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 _DONE = object()
-BACKGROUND_NICE = 10  # background threads' niceness: one-tenth the CPU share of a normal thread when both want it
+BACKGROUND_NICE = 10  # background threads' niceness: about a tenth of a normal thread's share of a busy core
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ class ModelWorker:
                 call.future.result()
 
     def shutdown(self) -> None:
-        for lane in {id(self._live): self._live, id(self._later): self._later}.values():
+        for lane in (self._live,) if self._later is self._live else (self._live, self._later):
             lane.pool.shutdown(wait=False, cancel_futures=True)
 
 

@@ -238,7 +238,9 @@ class WhisperEngine:
         self.model = model
         self.settings = settings
         self.guard = HallucinationGuard.from_settings(settings)
-        self.worker = ModelWorker(f"stt-{name}")
+        # Each thread transcribes on a model replica of its own (settings.workers): one session's
+        # final transcript never waits for another session's guess to finish.
+        self.worker = ModelWorker(f"stt-{name}", max_workers=settings.workers)
 
     def transcribe(self, pcm16: PCM16) -> SttResult:
         """Transcribe one utterance of 16 kHz mono int16 audio (blocking)."""
@@ -341,7 +343,13 @@ def load_whisper(settings: SttSettings, store: AssetStore) -> WhisperEngine:
         raise ConfigError(f"stt.model = {settings.model!r} is a file; name the directory that holds model.bin")
     source = str(found)
     try:
-        model = WindowedWhisper(source, device=device, compute_type=settings.compute_type, cpu_threads=settings.threads)
+        model = WindowedWhisper(
+            source,
+            device=device,
+            compute_type=settings.compute_type,
+            cpu_threads=settings.threads,
+            num_workers=settings.workers,
+        )
     except Exception as exc:
         raise AssetError(
             f"cannot load the Whisper model stt.model = {settings.model!r} (from {source}): {exc}. "
