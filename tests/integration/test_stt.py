@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from voxloop.pipeline.errors import AssetError, ConfigError
 from voxloop.pipeline.frames import EndOfInput, SpeechEnded, Transcript
 from voxloop.pipeline.graph import Graph
 from voxloop.pipeline.session import Message, Session, State
-from voxloop.pipeline.workers import Priority, batch_priority, current_priority
+from voxloop.pipeline.workers import Pending, Priority, batch_priority, current_priority, work_priority
 from voxloop.stages.stt import SAMPLE_RATE, SttResult, SttStage, WhisperEngine, load_whisper
 
 pytestmark = pytest.mark.integration
@@ -206,24 +207,25 @@ async def test_a_speculative_end_is_transcribed_once_and_reused_by_the_final_end
 ) -> None:
     calls: list[int] = []
     priorities: list[Priority] = []
-    real = engine.atranscribe
+    real = engine.start
 
-    async def counting(pcm: np.ndarray) -> SttResult:
+    def counting(pcm: np.ndarray) -> Pending[SttResult]:
         calls.append(len(pcm))
         priorities.append(current_priority())
-        return await real(pcm)
+        return real(pcm)
 
-    monkeypatch.setattr(engine, "atranscribe", counting)
+    monkeypatch.setattr(engine, "start", counting)
     speech = read16k(eval_dir / "audio" / "psphinx_goforward.wav")
     tail = np.zeros(16000 // 2, np.int16)
     session = Session()
     async with Graph(session, [SttStage(session, SETTINGS, engine)]) as graph:
         await session.user_started_speaking()
         await graph.push(session.make(SpeechEnded, audio=speech, speech_end_ns=42, final=False))
+        # the early words go out as a partial transcript; the speculative end itself is not passed on
+        partial = await asyncio.wait_for(graph.output.get(), timeout=60)
         session.user_stopped_speaking(42)
         await graph.push(session.make(SpeechEnded, audio=np.concatenate([speech, tail]), speech_end_ns=42))
-        partial, ended, transcript = [await asyncio.wait_for(graph.output.get(), timeout=60) for _ in range(3)]
-        # the early words go out as a partial transcript; the speculative end itself is not passed on
+        ended, transcript = [await asyncio.wait_for(graph.output.get(), timeout=60) for _ in range(2)]
         assert isinstance(partial, Transcript) and not partial.final
         assert isinstance(ended, SpeechEnded) and ended.final
         assert isinstance(transcript, Transcript) and transcript.final and transcript.text == partial.text
@@ -236,14 +238,52 @@ async def test_a_speculative_end_is_transcribed_once_and_reused_by_the_final_end
         # Speech came back after the pause: the final end has another speech end, so it is transcribed anew.
         await session.user_started_speaking()
         await graph.push(session.make(SpeechEnded, audio=speech, speech_end_ns=7, final=False))
+        await asyncio.wait_for(graph.output.get(), timeout=60)
         session.user_stopped_speaking(9)
         await graph.push(session.make(SpeechEnded, audio=np.concatenate([speech, speech]), speech_end_ns=9))
-        for _ in range(3):
+        for _ in range(2):
             await asyncio.wait_for(graph.output.get(), timeout=60)
     assert calls[1:] == [len(speech), 2 * len(speech)]
     assert session.trace.notes["stt_speculative"] == "miss"
     # A guess waits in the model's queue behind any session's final transcript, which someone waits for.
     assert priorities == [Priority.AHEAD, Priority.AHEAD, Priority.LIVE]
+
+
+async def test_a_guess_still_queued_when_the_turn_ends_goes_before_other_sessions_guesses(
+    engine: WhisperEngine, eval_dir: Path
+) -> None:
+    """Once the VAD has ended the turn, the pause's transcription is what the user waits for:
+    it no longer queues behind guesses of sessions whose users are still talking."""
+    order: list[int] = []
+    real = engine.transcribe
+
+    def recorded(pcm: np.ndarray) -> SttResult:
+        order.append(len(pcm))
+        return real(pcm)
+
+    ours, theirs = read16k(eval_dir / "audio" / "psphinx_goforward.wav"), read16k(eval_dir / "audio" / "jfk.wav")
+    releases = [threading.Event() for _ in range(engine.settings.workers)]
+    engine.transcribe = recorded  # type: ignore[method-assign]
+    session = Session()
+    try:
+        async with Graph(session, [SttStage(session, SETTINGS, engine)]) as graph:
+            hold = [asyncio.create_task(engine.worker.run(release.wait, 30)) for release in releases]
+            await asyncio.sleep(0.05)  # every replica is busy: what comes next waits
+            with work_priority(Priority.AHEAD):
+                other = engine.start(theirs)  # another session's guess, queued first
+            await session.user_started_speaking()
+            await graph.push(session.make(SpeechEnded, audio=ours, speech_end_ns=42, final=False))
+            await asyncio.sleep(0.05)  # our guess is queued behind theirs
+            session.user_stopped_speaking(42)  # the turn ends
+            releases[0].set()  # one replica frees up
+            partial = await asyncio.wait_for(graph.output.get(), timeout=60)
+            for release in releases:
+                release.set()
+            await asyncio.gather(*hold, other)
+    finally:
+        del engine.transcribe
+    assert "forward" in words_for_wer(partial.text)
+    assert order == [len(ours), len(theirs)]
 
 
 async def test_two_sessions_are_transcribed_side_by_side(engine: WhisperEngine, eval_dir: Path) -> None:

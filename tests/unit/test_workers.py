@@ -99,6 +99,37 @@ async def test_a_stream_over_a_stateful_model_is_never_interleaved(worker: Model
     assert events == ["a"] * 5 + ["b"] * 5
 
 
+async def test_a_waiting_guess_promoted_to_live_goes_before_earlier_guesses(worker: ModelWorker) -> None:
+    release, order = threading.Event(), []
+    busy = asyncio.create_task(worker.run(release.wait, 5))
+    await asyncio.sleep(0.05)  # the model is busy; the calls below wait
+    with work_priority(Priority.AHEAD):
+        first, second = worker.start(order.append, "first guess"), worker.start(order.append, "second guess")
+    second.promote()  # its session's turn ended: someone waits for it now
+    second.promote(Priority.BATCH)  # never demoted
+    release.set()
+    await asyncio.gather(busy, first, second)
+    assert order == ["second guess", "first guess"]
+    second.promote()  # done: nothing to move
+
+
+async def test_a_promoted_call_moves_from_a_busy_background_thread_to_a_free_live_one() -> None:
+    worker = ModelWorker("test-bg", background=1)
+    try:
+        release = threading.Event()
+        with work_priority(Priority.AHEAD):
+            later = asyncio.create_task(worker.run(release.wait, 5))
+            await asyncio.sleep(0.05)  # the background thread is busy ...
+            waiting = worker.start(_niceness)  # ... so this one waits for it
+        waiting.promote()
+        assert await asyncio.wait_for(waiting, 1) == _niceness()  # on the live thread, at once
+        assert not later.done()
+        release.set()
+        assert await later is True
+    finally:
+        worker.shutdown()
+
+
 def _niceness() -> int:
     return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 

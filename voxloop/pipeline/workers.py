@@ -6,15 +6,17 @@ thread-safe), shared by every session that uses the model. `run` awaits one bloc
 iterator whose cancellation stops the generator at its next item, so a barge-in frees the model
 within one token or one audio block.
 
-Calls wait in a priority queue, not in the pool's FIFO: each submission hands the pool one
-"run the most urgent call waiting" job, so a free thread always takes live work first, then
-work ahead of need (a reply's later sentences), then batch work (the REST API, run under
-`batch_priority()`), each in arrival order. A stream keeps its thread from start to end, since
-a generator over a stateful model (an LLM's context) must not be interleaved with other calls.
-One whose items are independent model calls (Whisper windows, Piper sentences) says
-`interleave=True`: between two items its thread first runs any waiting call that is at least as
-urgent as the stream, so a 5-minute upload delays a live turn by one Whisper window, not by the
-whole file. The (foreground) threads never outnumber `max_workers`.
+Calls wait in a priority queue, not in the pool's FIFO: each submission hands the pool one "run
+the most urgent call waiting" job, so a free thread always takes live work first, then work
+ahead of need (a reply's later sentences), then batch work (the REST API, run under
+`batch_priority()`), each in arrival order. A call that is still waiting can be promoted
+(`start(...).promote()`): a guess made ahead of need becomes live work once someone waits for
+it. A stream keeps its thread from start to end, since a generator over a stateful model (an
+LLM's context) must not be interleaved with other calls. One whose items are independent model
+calls (Whisper windows, Piper sentences) says `interleave=True`: between two items its thread
+first runs any waiting call that is at least as urgent as the stream, so a 5-minute upload
+delays a live turn by one Whisper window, not by the whole file. The (foreground) threads never
+outnumber `max_workers`.
 
 A model whose calls may run side by side (an ONNX Runtime session) can also be given background
 threads (`background=N`): then live calls run on the `max_workers` foreground threads and work
@@ -37,10 +39,10 @@ import itertools
 import logging
 import os
 import threading
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextvars import ContextVar
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Generic, ParamSpec, TypeVar
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -95,6 +97,22 @@ class _Call:
             self.future.set_exception(exc)
 
 
+class Pending(Generic[T]):
+    """A call queued for a model: await it for the result. `promote` moves it up the queue while
+    it still waits; once it runs, it keeps the thread it has."""
+
+    def __init__(self, worker: ModelWorker, call: _Call) -> None:
+        self._worker = worker
+        self._call = call
+
+    def promote(self, priority: Priority = Priority.LIVE) -> None:
+        self._worker._promote(self._call, priority)
+
+    def __await__(self) -> Generator[Any, None, T]:
+        # Cancelling the awaiter cancels the call if it has not started (as for `run`).
+        return asyncio.wrap_future(self._call.future).__await__()
+
+
 class _Lane:
     """Threads and the queue of calls waiting for them: a priority heap, the most urgent first."""
 
@@ -128,8 +146,11 @@ class ModelWorker:
             return self._live.active >= self._live.slots or bool(self._live.waiting)
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        call = self._submit(lambda: fn(*args, **kwargs), current_priority())
-        return await asyncio.wrap_future(call.future)
+        return await self.start(fn, *args, **kwargs)
+
+    def start(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> Pending[T]:
+        """Queue a call at the current priority, without waiting for it yet."""
+        return Pending(self, self._submit(lambda: fn(*args, **kwargs), current_priority()))
 
     def _submit(self, fn: Callable[[], Any], priority: Priority) -> _Call:
         call = _Call(fn)
@@ -138,6 +159,24 @@ class ModelWorker:
             heapq.heappush(lane.waiting, (int(priority), next(self._tickets), call))
         lane.pool.submit(self._run_most_urgent, lane)
         return call
+
+    def _promote(self, call: _Call, priority: Priority) -> None:
+        """Requeue `call` at `priority` (in that priority's lane) if it waits at a lower one."""
+        with self._lock:
+            found = [(lane, entry) for lane in self._lanes() for entry in lane.waiting if entry[2] is call]
+            if not found or found[0][1][0] <= priority:
+                return  # running, done, or already as urgent
+            [(lane, entry)] = found
+            lane.waiting.remove(entry)
+            heapq.heapify(lane.waiting)
+            target = self._lane(priority)
+            heapq.heappush(target.waiting, (int(priority), entry[1], call))  # its ticket: arrival order
+        if target is not lane:
+            # A thread of the new lane runs it; the old lane's job for it runs the next call, or none.
+            target.pool.submit(self._run_most_urgent, target)
+
+    def _lanes(self) -> tuple[_Lane, ...]:
+        return (self._live,) if self._later is self._live else (self._live, self._later)
 
     def _run_most_urgent(self, lane: _Lane) -> None:
         call = self._take(lane)
@@ -214,7 +253,7 @@ class ModelWorker:
                 call.future.result()
 
     def shutdown(self) -> None:
-        for lane in (self._live,) if self._later is self._live else (self._live, self._later):
+        for lane in self._lanes():
             lane.pool.shutdown(wait=False, cancel_futures=True)
 
 

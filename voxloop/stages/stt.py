@@ -33,10 +33,10 @@ from voxloop.pipeline.audio import pcm16_to_float32
 from voxloop.pipeline.config import SttSettings
 from voxloop.pipeline.errors import AssetError, ConfigError
 from voxloop.pipeline.frames import PCM16, Frame, SpeechEnded, Transcript
-from voxloop.pipeline.session import Session
+from voxloop.pipeline.session import Session, State
 from voxloop.pipeline.stage import StageBase
 from voxloop.pipeline.text import CONTINUING_WORDS
-from voxloop.pipeline.workers import ModelWorker, Priority, work_priority
+from voxloop.pipeline.workers import ModelWorker, Pending, Priority, work_priority
 
 if TYPE_CHECKING:
     from voxloop.pipeline.assets import AssetStore
@@ -312,9 +312,14 @@ class WhisperEngine:
             rejected_reason=verdict.rejected_reason,
         )
 
+    def start(self, pcm16: PCM16) -> Pending[SttResult]:
+        """Queue the transcription of at most one window (30 s) at the current priority."""
+        assert len(pcm16) / SAMPLE_RATE <= FULL_WINDOW_S, "longer audio goes through atranscribe"
+        return self.worker.start(self.transcribe, pcm16)
+
     async def atranscribe(self, pcm16: PCM16) -> SttResult:
         if len(pcm16) / SAMPLE_RATE <= FULL_WINDOW_S:
-            return await self.worker.run(self.transcribe, pcm16)
+            return await self.start(pcm16)
         # A long recording (an upload) is read window by window, each window one item of a
         # stream, so that live sessions get the model between two windows (pipeline/workers.py).
         audio = pcm16_to_float32(pcm16)
@@ -394,6 +399,8 @@ class SttStage(StageBase):
         self.engine = engine
         self._carried: PCM16 | None = None  # an utterance whose transcription a barge-in cut off
         self._speculation: tuple[int, int, SttResult] | None = None  # (turn, speech_end_ns, result)
+        self._guessing: Pending[SttResult] | None = None  # a pause's transcription, queued or running
+        session.on_state(self._on_state)
 
     async def _speculate(self, pause: SpeechEnded) -> Transcript | None:
         """Transcribe during the hangover; the final end reuses it if no speech came since.
@@ -403,9 +410,7 @@ class SttStage(StageBase):
         self._speculation = None
         if self._carried is not None:
             return None
-        # Behind any final transcript another session is waiting for: a guess is worth less.
-        with work_priority(Priority.AHEAD):
-            result = await self.engine.atranscribe(pause.audio)
+        result = await self._guess(pause.audio)
         self._speculation = (pause.turn_id, pause.speech_end_ns, result)
         self.session.mark("stt_speculative", replace=True)
         if not result.accepted:
@@ -414,6 +419,22 @@ class SttStage(StageBase):
             self.session.finished_sentence_ns = pause.speech_end_ns
         self.session.begin_speculation(pause.speech_end_ns)  # the LLM answers it now, held until the end
         return self.session.make(Transcript, text=result.text, final=False, language=result.language)
+
+    async def _guess(self, audio: PCM16) -> SttResult:
+        """A guess waits behind any final transcript another session is waiting for; but once this
+        turn has ended it is this session's final transcript, and goes ahead as live work."""
+        with work_priority(Priority.AHEAD if self.session.user_speaking else Priority.LIVE):
+            if len(audio) / SAMPLE_RATE > FULL_WINDOW_S:
+                return await self.engine.atranscribe(audio)  # window by window; not promoted
+            self._guessing = guessing = self.engine.start(audio)
+        try:
+            return await guessing
+        finally:
+            self._guessing = None
+
+    def _on_state(self, state: State) -> None:
+        if state is State.THINKING and self._guessing is not None:
+            self._guessing.promote()  # the VAD ended the turn while the guess still waits
 
     def _speculation_for(self, end: SpeechEnded) -> SttResult | None:
         speculation, self._speculation = self._speculation, None
