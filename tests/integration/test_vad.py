@@ -9,6 +9,7 @@ so it is checked one-sided (no detection beyond it) instead of to ±150 ms.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -301,3 +302,32 @@ async def test_speech_while_the_assistant_speaks_interrupts_it_before_the_turn_o
     assert session.state is State.THINKING  # the new utterance is being answered
     assert ended.turn_id == 1 and len(ended.audio) > 0.5 * len(pcm) - SETTINGS.preroll_ms * 16
     assert set(session.trace.marks) == {"speech_end", "endpoint"}
+
+
+async def test_a_frame_is_scored_on_the_loop_and_a_burst_of_late_audio_on_the_worker(
+    vad_model: SileroVadModel, eval_dir: Path
+) -> None:
+    """A window costs about what a hop to a thread and back does, so a live 20 ms frame is scored
+    where it arrives; a second of audio at once (a client catching up) would hold the loop for
+    ~6 ms, so it goes to the model's worker."""
+    pcm = read_wav(eval_dir / "audio" / "psphinx_goforward.wav")[0]
+    scored_on: list[int] = []
+    real = vad_model.infer
+
+    def recorded(window: np.ndarray, state: np.ndarray) -> tuple[float, np.ndarray]:
+        scored_on.append(threading.get_ident())
+        return real(window, state)
+
+    session = Session()
+    stage = VadStage(session, SETTINGS, vad_model)
+    vad_model.infer = recorded  # type: ignore[method-assign]
+    try:
+        for frame in audio_frames(session, pcm[: 50 * FRAME]):  # one second, frame by frame
+            [_ async for _ in stage.process(frame)]
+        live = len(scored_on)
+        burst = AudioInput(session_id=session.id, t_ns=0, pcm=pcm[50 * FRAME : 100 * FRAME])
+        [_ async for _ in stage.process(burst)]
+    finally:
+        del vad_model.infer
+    assert live == 50 * FRAME // WINDOW and set(scored_on[:live]) == {threading.get_ident()}
+    assert len(scored_on) - live == 50 * FRAME // WINDOW and threading.get_ident() not in scored_on[live:]

@@ -29,7 +29,7 @@ from voxloop.pipeline.frames import PCM16, AudioInput, AudioOutput
 from voxloop.pipeline.graph import Graph
 from voxloop.pipeline.session import Session
 from voxloop.pipeline.tasks import cancel_and_wait
-from voxloop.pipeline.workers import ModelWorker
+from voxloop.pipeline.workers import ModelWorker, Pending
 from voxloop.server import events as ev
 from voxloop.stages.chunker import ChunkerStage
 from voxloop.stages.llm import LlmStage
@@ -76,8 +76,11 @@ class InstantWhisper:
     def __init__(self) -> None:
         self.worker = ModelWorker("stt-instant")
 
+    def start(self, pcm16: PCM16) -> Pending[SttResult]:
+        return self.worker.start(lambda: SttResult("What time is it?", "en", 0.01, -0.2))
+
     async def atranscribe(self, pcm16: PCM16) -> SttResult:
-        return await self.worker.run(lambda: SttResult("What time is it?", "en", 0.01, -0.2))
+        return await self.start(pcm16)
 
 
 class InstantLlm:

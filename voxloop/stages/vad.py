@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 SAMPLE_RATE = 16000
 WINDOW = 512  # Silero's window at 16 kHz (32 ms)
 CONTEXT = 64  # samples of the previous window that Silero 5+/6 expects before each window
+# A window takes ~0.18 ms of CPU here, about what handing it to a thread and back costs: a frame
+# completing this many windows or fewer is scored on the event loop (it blocks the loop no longer
+# than a thread hop would cost it); a burst of late audio goes to the worker.
+INLINE_WINDOWS = 2
 # An input frame that reaches the VAD this long after it arrived is late: the pipeline is not
 # keeping up with real time (a starved CPU, a blocked loop), and endpoints come late with it.
 LATE_INPUT_NS = 100_000_000
@@ -97,6 +101,10 @@ class VadStream:
         self._context: _Float = np.zeros((1, CONTEXT), dtype=np.float32)
         self._pending: _Float = np.zeros(0, dtype=np.float32)
         self.samples_done = 0  # samples covered by complete windows so far
+
+    def windows_in(self, samples: int) -> int:
+        """How many windows `samples` more samples would complete."""
+        return (len(self._pending) + samples) // WINDOW
 
     def probabilities(self, pcm16: PCM16) -> list[float]:
         """Speech probability of each window completed by `pcm16`; a partial window waits."""
@@ -409,7 +417,10 @@ class VadStage(StageBase):
         self._endpointer.append_audio(frame.pcm)
         if self._pause is not None and self._pause[1] == self.session.finished_sentence_ns:
             self._endpointer.sentence_finished(self._pause[0])  # the STT read the pause's words
-        probs = await self._model.worker.run(self._stream.probabilities, frame.pcm)
+        if self._stream.windows_in(len(frame.pcm)) <= INLINE_WINDOWS:
+            probs = self._stream.probabilities(frame.pcm)
+        else:
+            probs = await self._model.worker.run(self._stream.probabilities, frame.pcm)
         first_end = self._stream.samples_done - (len(probs) - 1) * WINDOW
         events: list[VadEvent] = []
         for index, prob in enumerate(probs):
