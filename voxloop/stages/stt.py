@@ -314,11 +314,11 @@ class WhisperEngine:
 
     def start(self, pcm16: PCM16) -> Pending[SttResult]:
         """Queue the transcription of at most one window (30 s) at the current priority."""
-        assert len(pcm16) / SAMPLE_RATE <= FULL_WINDOW_S, "longer audio goes through atranscribe"
+        assert fits_one_window(pcm16), "longer audio goes through atranscribe"
         return self.worker.start(self.transcribe, pcm16)
 
     async def atranscribe(self, pcm16: PCM16) -> SttResult:
-        if len(pcm16) / SAMPLE_RATE <= FULL_WINDOW_S:
+        if fits_one_window(pcm16):
             return await self.start(pcm16)
         # A long recording (an upload) is read window by window, each window one item of a
         # stream, so that live sessions get the model between two windows (pipeline/workers.py).
@@ -329,6 +329,11 @@ class WhisperEngine:
 
     def close(self) -> None:
         self.worker.shutdown()
+
+
+def fits_one_window(pcm16: PCM16) -> bool:
+    """Is this audio one Whisper window (30 s) or less: one model call?"""
+    return len(pcm16) / SAMPLE_RATE <= FULL_WINDOW_S
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -424,7 +429,7 @@ class SttStage(StageBase):
         """A guess waits behind any final transcript another session is waiting for; but once this
         turn has ended it is this session's final transcript, and goes ahead as live work."""
         with work_priority(Priority.AHEAD if self.session.user_speaking else Priority.LIVE):
-            if len(audio) / SAMPLE_RATE > FULL_WINDOW_S:
+            if not fits_one_window(audio):
                 return await self.engine.atranscribe(audio)  # window by window; not promoted
             self._guessing = guessing = self.engine.start(audio)
         try:
