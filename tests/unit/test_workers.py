@@ -134,6 +134,26 @@ def _niceness() -> int:
     return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
 
+def test_a_worker_starts_all_its_threads_up_front_and_keeps_to_them() -> None:
+    """The thread count is fixed from construction: a pool growing later would read as a leak."""
+
+    def named() -> int:
+        return sum(t.name.startswith("voxloop-test-fixed") for t in threading.enumerate())
+
+    before = named()
+    worker = ModelWorker("test-fixed", max_workers=2, background=1)
+    try:
+        assert named() == before + 3
+        calls = [worker.start(time.sleep, 0.01) for _ in range(6)]
+        with work_priority(Priority.AHEAD):
+            calls += [worker.start(time.sleep, 0.01) for _ in range(6)]
+        for call in calls:
+            call._call.future.result(timeout=5)
+        assert named() == before + 3
+    finally:
+        worker.shutdown()
+
+
 async def test_background_work_runs_beside_live_work_on_a_lower_priority_thread() -> None:
     """With a background thread, a reply's later sentences never hold up a live call: the live one
     runs at once on its own thread, at the process's priority; the background one at a lower one."""

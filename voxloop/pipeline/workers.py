@@ -88,13 +88,19 @@ class _Call:
         self.fn = fn
         self.future: Future[Any] = Future()
 
-    def run(self) -> None:
+    def run(self, freed: Callable[[], None] = lambda: None) -> None:
+        """Run it; `freed` is called once the thread is done with it, before the awaiter hears the outcome."""
         if not self.future.set_running_or_notify_cancel():
+            freed()
             return  # its awaiter went away before it started
         try:
-            self.future.set_result(self.fn())
+            result = self.fn()
         except BaseException as exc:  # handed to the awaiter
+            freed()
             self.future.set_exception(exc)
+        else:
+            freed()
+            self.future.set_result(result)
 
 
 class Pending(Generic[T]):
@@ -122,6 +128,15 @@ class _Lane:
         self.slots = threads
         self.waiting: list[tuple[int, int, _Call]] = []
         self.active = 0  # calls (and streams) holding a thread now
+        self._start_threads()
+
+    def _start_threads(self) -> None:
+        """Start every thread now rather than on first need: a pool that grows an hour into a run
+        reads as a thread leak to anyone counting the process's threads (the soak and fault tests do)."""
+        started = threading.Barrier(self.slots + 1)
+        for _ in range(self.slots):
+            self.pool.submit(started.wait)  # each waits, so each submit finds no idle thread and adds one
+        started.wait()
 
 
 class ModelWorker:
@@ -184,11 +199,12 @@ class ModelWorker:
             return  # a streaming thread ran it in between two of its items
         with self._lock:
             lane.active += 1
-        try:
-            call.run()
-        finally:
+
+        def freed() -> None:
             with self._lock:
                 lane.active -= 1
+
+        call.run(freed)  # the thread counts as free before the awaiter resumes: `busy` is never stale
 
     def _take(self, lane: _Lane, at_most: Priority | None = None) -> _Call | None:
         """The lane's most urgent waiting call (only if at least as urgent as `at_most`), off its queue."""
