@@ -2,6 +2,7 @@
 import { AudioEngine, WIRE_RATE } from "./audio.js";
 import { auth } from "./auth.js";
 import { decodePcm16, encodePcm16 } from "./pcm.js";
+import { ReplyPlayback, truncateEvent } from "./replies.js";
 import { RtcConnection, callsUrl, rtcAvailable } from "./rtc.js";
 import { Connection, realtimeUrl } from "./socket.js";
 import { View } from "./view.js";
@@ -66,9 +67,7 @@ let audio = null;
 let connection = null;
 let running = false;
 const assistantNodes = new Map(); // itemId -> <li>
-const itemResponse = new Map(); // itemId -> response id
-const muted = new Set(); // response ids whose remaining audio must not play (barge-in)
-let currentItem = null; // the assistant item whose audio arrived last
+let replies = new ReplyPlayback();
 let lastDoneItem = null;
 
 function setState(state) {
@@ -146,7 +145,7 @@ function onOpen() {
 
 function onDown({ everOpened, code, reason, retryInMs, attempt }) {
   audio?.flush();
-  muted.clear();
+  replies = new ReplyPlayback();
   shared.reconnects.push({ attempt, delayMs: retryInMs, everOpened, code });
   setState("reconnecting");
   const wait = `Retrying in ${(retryInMs / 1000).toFixed(1)} s (attempt ${attempt}).`;
@@ -173,8 +172,8 @@ const handlers = {
   "voxloop.state": (event) => setState(event.state),
   "input_audio_buffer.speech_started": () => bargeIn("input_audio_buffer.speech_started"),
   "output_audio_buffer.cleared": (event) => {
-    muted.add(event.response_id);
     bargeIn("output_audio_buffer.cleared");
+    replies.mute(event.response_id);
   },
   "conversation.item.input_audio_transcription.completed": (event) => {
     view.addMessage("user", event.item_id, event.transcript);
@@ -187,9 +186,7 @@ const handlers = {
     messageFor(event.item_id).text += event.delta;
   },
   "response.output_audio.delta": (event) => {
-    if (muted.has(event.response_id) || !audio) return;
-    itemResponse.set(event.item_id, event.response_id);
-    currentItem = event.item_id;
+    if (!audio || !replies.accept(event)) return;
     shared.playing = true;
     audio.play(event.item_id, decodePcm16(event.delta));
   },
@@ -197,6 +194,7 @@ const handlers = {
     const response = event.response;
     const item = response.output && response.output[0];
     if (!item) return;
+    replies.done(response);
     lastDoneItem = item.id;
     if (response.status !== "completed") interrupted(item.id, "interrupted");
   },
@@ -236,7 +234,7 @@ function assistantNode(itemId, responseId) {
   if (!node) {
     node = view.addMessage("assistant", itemId, "");
     assistantNodes.set(itemId, node);
-    itemResponse.set(itemId, responseId);
+    replies.responseOf.set(itemId, responseId);
     shared.messages.push({ role: "assistant", itemId, text: "", interrupted: false });
   }
   return node;
@@ -258,8 +256,7 @@ function interrupted(itemId, label, precise = false) {
 
 function bargeIn(reason) {
   if (!audio) return;
-  const responseId = currentItem && itemResponse.get(currentItem);
-  if (responseId) muted.add(responseId); // its remaining audio, still arriving, must stay silent
+  replies.bargeIn(); // its remaining audio, still arriving, must stay silent
   pendingBargeIn = reason;
   audio.flush(); // answered by a "flushed" message with what was actually played
 }
@@ -269,7 +266,7 @@ function onPlayback(message) {
   shared.playedSamples = message.totalPlayed ?? shared.playedSamples;
   if (message.playedMs) shared.playedMs = message.playedMs;
   if (message.type === "started") {
-    const responseId = itemResponse.get(message.itemId);
+    const responseId = replies.responseOf.get(message.itemId);
     if (responseId && connection?.send({ type: "voxloop.playback.started", response_id: responseId }))
       shared.playbackStarted.push(responseId);
   } else if (message.type === "drained") {
@@ -280,14 +277,14 @@ function onPlayback(message) {
   }
 }
 
-function onFlushed({ droppedFrames, itemId, playedMs }) {
+function onFlushed(message) {
   const reason = pendingBargeIn;
   pendingBargeIn = null;
-  if (!droppedFrames || !itemId) return; // nothing was cut: no barge-in to show
-  const audioEndMs = Math.round(playedMs[itemId] || 0);
-  shared.bargeIns.push({ reason, itemId, playedMs: audioEndMs, droppedFrames });
-  interrupted(itemId, `interrupted at ${(audioEndMs / 1000).toFixed(1)} s`, true);
-  const truncate = { type: "conversation.item.truncate", item_id: itemId, content_index: 0, audio_end_ms: audioEndMs };
+  const cut = replies.cut(message);
+  if (!cut) return; // nothing was cut: no barge-in to show
+  shared.bargeIns.push({ reason, itemId: cut.itemId, playedMs: cut.audioEndMs, droppedFrames: cut.droppedFrames });
+  interrupted(cut.itemId, `interrupted at ${(cut.audioEndMs / 1000).toFixed(1)} s`, true);
+  const truncate = truncateEvent(cut);
   if (connection?.send(truncate)) shared.truncations.push(truncate);
 }
 

@@ -4,6 +4,7 @@
 import { AudioEngine, WIRE_RATE } from "./audio.js";
 import { auth } from "./auth.js";
 import { decodePcm16, encodePcm16 } from "./pcm.js";
+import { ReplyPlayback, truncateEvent } from "./replies.js";
 import { Connection, realtimeUrl } from "./socket.js";
 
 const MIC_RETRY_MS = 2000;
@@ -48,9 +49,7 @@ let wakeHint = "the wake word";
 let micProblem = null; // a message while the microphone is unavailable
 let micRetry = null;
 let reopening = null; // the reopenMic() in flight: a retry and a devicechange never open two microphones
-let currentItem = null; // the assistant item whose audio arrived last
-const itemResponse = new Map(); // item id -> response id
-const muted = new Set(); // response ids cut by a barge-in: their late audio stays silent
+let replies = new ReplyPlayback();
 
 // -- what the screen shows ---------------------------------------------------------------------
 
@@ -207,7 +206,7 @@ function onPlayback(message) {
   shared.playedSamples = message.totalPlayed ?? shared.playedSamples;
   if (message.type === "started") {
     shared.playing = message.itemId !== "ack" || shared.playing;
-    const responseId = itemResponse.get(message.itemId);
+    const responseId = replies.responseOf.get(message.itemId);
     if (responseId) connection?.send({ type: "voxloop.playback.started", response_id: responseId });
   } else if (message.type === "drained" || message.type === "flushed") {
     shared.playing = false;
@@ -216,15 +215,13 @@ function onPlayback(message) {
   render();
 }
 
-function truncate({ droppedFrames, itemId, playedMs }) {
-  if (!droppedFrames || !itemId || itemId === "ack") return;
-  const audioEndMs = Math.round((playedMs && playedMs[itemId]) || 0);
-  connection?.send({ type: "conversation.item.truncate", item_id: itemId, content_index: 0, audio_end_ms: audioEndMs });
+function truncate(flushed) {
+  const cut = replies.cut(flushed);
+  if (cut) connection?.send(truncateEvent(cut));
 }
 
 function bargeIn() {
-  const responseId = currentItem && itemResponse.get(currentItem);
-  if (responseId) muted.add(responseId);
+  replies.bargeIn();
   audio?.flush();
 }
 
@@ -251,8 +248,8 @@ const handlers = {
   },
   "input_audio_buffer.speech_started": bargeIn,
   "output_audio_buffer.cleared": (event) => {
-    muted.add(event.response_id);
     bargeIn();
+    replies.mute(event.response_id);
   },
   "conversation.item.input_audio_transcription.completed": (event) => {
     if (!event.transcript.trim()) return;
@@ -263,16 +260,15 @@ const handlers = {
   "response.output_audio_transcript.delta": (event) => {
     const exchange = exchangeFor(event.response_id);
     exchange.assistant += event.delta;
-    itemResponse.set(event.item_id, event.response_id);
+    replies.responseOf.set(event.item_id, event.response_id);
     showExchange(exchange);
   },
   "response.output_audio.delta": (event) => {
-    if (muted.has(event.response_id) || !audio) return;
-    itemResponse.set(event.item_id, event.response_id);
-    currentItem = event.item_id;
+    if (!audio || !replies.accept(event)) return;
     audio.play(event.item_id, decodePcm16(event.delta));
   },
   "response.done": (event) => {
+    replies.done(event.response);
     const exchange = shared.exchanges[shared.exchanges.length - 1];
     if (exchange && event.response.status !== "completed") {
       exchange.interrupted = true;
@@ -303,7 +299,7 @@ function onDown({ everOpened, retryInMs }) {
   shared.reconnects += 1;
   shared.serverState = null;
   audio?.flush();
-  muted.clear();
+  replies = new ReplyPlayback();
   const why = everOpened ? "The connection to the server was lost" : "The server cannot be reached";
   showProblem("connection_lost", `${why}; retrying in ${(retryInMs / 1000).toFixed(1)} s.`);
   render();
