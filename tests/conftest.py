@@ -47,7 +47,6 @@ def conversations(eval_dir: Path) -> list[dict[str, str]]:
 
 
 # --- model assets: fetched once into the user's cache (or $VOXLOOP_CACHE_DIR) and shared ---
-# Imported here rather than at the top only because this block was appended to the file.
 
 
 @pytest.fixture(scope="session")

@@ -361,8 +361,10 @@ async def test_input_and_output_at_other_rates(server: ServerProcess, clip: Clip
         heard_back = await _manual_transcript(client, reply, rate)
     assert len(reply) / rate > 0.5
     # Characters, not words: a short reply with an invented name ("new-santedo" → "new Santido") would fail on
-    # words while clearly heard; audio played at the wrong rate comes back as other sounds altogether.
-    assert cer(said, heard_back) < 0.3
+    # words while clearly heard, and one made mostly of such a name comes back at ~0.3 even so ("The
+    # old-santedo face." → "the olds and t-to face."); speech played at the wrong rate comes back as other
+    # words altogether (two eval clips at half, a third and twice their pace: 0.76-0.9).
+    assert cer(said, heard_back) < 0.5, (said, heard_back)
     assert errors(client) == []
 
 

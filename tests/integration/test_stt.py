@@ -23,7 +23,7 @@ from voxloop.pipeline.frames import EndOfInput, SpeechEnded, Transcript
 from voxloop.pipeline.graph import Graph
 from voxloop.pipeline.session import Message, Session, State
 from voxloop.pipeline.workers import Pending, Priority, batch_priority, current_priority, work_priority
-from voxloop.stages.stt import SAMPLE_RATE, SttResult, SttStage, WhisperEngine, load_whisper
+from voxloop.stages.stt import SAMPLE_RATE, SttResult, SttStage, WhisperEngine, load_whisper, window_s
 
 pytestmark = pytest.mark.integration
 
@@ -35,6 +35,7 @@ def read16k(path: Path) -> npt.NDArray[np.int16]:
 
 
 SETTINGS = SttSettings(model="whisper-tiny.en", threads=2)
+DATA = Path(__file__).parent.parent / "data"
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +164,18 @@ def test_a_decoding_loop_in_a_short_window_stops_at_the_token_cap(engine: Whispe
     assert short.capped and engine.guard.segment_rejection(short) == "repetitive", short
     result = engine.transcribe(clip)
     assert result.accepted and words_for_wer(result.text) == "ten of clubs", result
+
+
+def test_a_transcript_that_stops_early_in_a_short_window_is_read_again_in_the_full_one(engine: WhisperEngine) -> None:
+    """A spoken reply of this server's (Piper, 6.7 s), sent back as input at 16 kHz: in the short
+    window tiny.en ends after four words; the full window hears the whole reply."""
+    pcm, rate = read_wav(DATA / "reply_whisper_stops_early.wav")
+    assert rate == SAMPLE_RATE
+    audio = pcm.astype(np.float32) / 32768
+    short = " ".join(segment.text for segment, _ in engine._segments(audio, window_s(len(pcm) / rate, engine.settings)))
+    assert words_for_wer(short) == "im sorry for any", short  # the failure this guards against
+    result = engine.transcribe(pcm)
+    assert "designed to assist with any kind of information" in words_for_wer(result.text), result
 
 
 def test_loading_errors_say_what_to_fix(asset_store: AssetStore, tmp_path: Path) -> None:

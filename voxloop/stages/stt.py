@@ -175,6 +175,10 @@ FULL_WINDOW_S = 30.0  # Whisper's input window
 # the short window made Whisper hear words in a bird's song (no_speech 0.59) that the full one
 # rejects; speech on the eval set stays below it but for a few clipped wake words.
 DOUBT_NO_SPEECH = 0.5
+# A short-window transcript this sparse for its audio is checked with the full window too: the
+# short window can make Whisper stop early (6.7 s of a spoken reply came back as "I'm sorry for
+# any.", which the full window transcribes whole). The eval set's utterances carry >= 1 word/s.
+SPARSE_WORDS_PER_S, SPARSE_MIN_S = 0.8, 3.0
 TOKENS_PER_S, MIN_TOKENS = 12, 16  # the token cap (see token_cap): twice a fast speaker's rate
 MAX_TOKENS = 200  # twice this and the prompt must stay within Whisper's 448 (see _segments)
 
@@ -250,7 +254,7 @@ class WhisperEngine:
         audio = pcm16_to_float32(pcm16)
         window = window_s(len(pcm16) / SAMPLE_RATE, self.settings)
         result = self._transcribe(audio, window)
-        if window < FULL_WINDOW_S and self._doubtful(result):
+        if window < FULL_WINDOW_S and self._doubtful(result, len(pcm16) / SAMPLE_RATE):
             result = self._transcribe(audio, FULL_WINDOW_S)
         return result
 
@@ -260,10 +264,13 @@ class WhisperEngine:
         noise = np.random.default_rng(0).normal(0, 30, SAMPLE_RATE).astype(np.int16)
         self.transcribe(noise)
 
-    def _doubtful(self, result: SttResult) -> bool:
-        """A short-window result to check against the full window: a decoding loop (the short
-        window's known failure), or words Whisper itself thinks are more likely silence."""
-        return result.rejected_reason == "repetitive" or (result.accepted and result.no_speech_prob > DOUBT_NO_SPEECH)
+    def _doubtful(self, result: SttResult, audio_s: float) -> bool:
+        """A short-window result to check against the full window: a decoding loop or an early
+        stop (the short window's known failures), or words Whisper itself thinks are more likely silence."""
+        if result.rejected_reason == "repetitive":
+            return True
+        sparse = audio_s >= SPARSE_MIN_S and len(result.text.split()) < SPARSE_WORDS_PER_S * audio_s
+        return result.accepted and (sparse or result.no_speech_prob > DOUBT_NO_SPEECH)
 
     def _transcribe(self, audio: npt.NDArray[np.float32], window: float) -> SttResult:
         segments = list(self._segments(audio, window))
