@@ -134,7 +134,7 @@ def _niceness() -> int:
     return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
 
-def test_a_worker_starts_all_its_threads_up_front_and_keeps_to_them() -> None:
+async def test_a_worker_starts_all_its_threads_up_front_and_keeps_to_them() -> None:
     """The thread count is fixed from construction: a pool growing later would read as a leak."""
 
     def named() -> int:
@@ -147,8 +147,7 @@ def test_a_worker_starts_all_its_threads_up_front_and_keeps_to_them() -> None:
         calls = [worker.start(time.sleep, 0.01) for _ in range(6)]
         with work_priority(Priority.AHEAD):
             calls += [worker.start(time.sleep, 0.01) for _ in range(6)]
-        for call in calls:
-            call._call.future.result(timeout=5)
+        await asyncio.wait_for(asyncio.gather(*calls), 5)
         assert named() == before + 3
     finally:
         worker.shutdown()

@@ -93,14 +93,17 @@ class _Call:
         if not self.future.set_running_or_notify_cancel():
             freed()
             return  # its awaiter went away before it started
+        result: Any = None
+        error: BaseException | None = None
         try:
             result = self.fn()
         except BaseException as exc:  # handed to the awaiter
-            freed()
-            self.future.set_exception(exc)
-        else:
-            freed()
+            error = exc
+        freed()
+        if error is None:
             self.future.set_result(result)
+        else:
+            self.future.set_exception(error)
 
 
 class Pending(Generic[T]):
