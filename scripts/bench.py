@@ -140,7 +140,7 @@ def report(result: dict[str, Any]) -> str:
             f"voice-to-voice p50 {v2v['p50']} p95 {v2v['p95']} "
             f"max {v2v['max']} ms (server p50 {o['server_voice_to_voice_ms']['p50']}), "
             f"replies mid-speech {o['replies_mid_speech']}, eager ends {o['eager_endpoints']}, "
-            f"overhead p50 {o['overhead_per_turn_ms']['p50']} ms, WER {o['wer']}, "
+            f"overhead p50 {o['overhead_per_turn_ms']['p50']} ms, WER {o['wer']}, {_contention(o['contention'])}, "
             f"underruns {o['reply_underruns']}, frame jitter {o['reply_frame_jitter_ms']}, "
             f"loop lag {run['resources']['loop_lag_ms']}, machine {run['resources']['machine']}"
         )
@@ -150,6 +150,15 @@ def report(result: dict[str, Any]) -> str:
         if ep:
             lines.append(f"{run['llm']:>9} pause ladder: false endpoints {ep['false_endpoints']}/{ep['short_pauses']}")
     return "\n".join(lines)
+
+
+def _contention(split: dict[str, Any]) -> str:
+    """Voice-to-voice p95 of turns that waited alone and of turns that waited while another user did."""
+    alone, overlapping = split["alone"], split["overlapping"]
+    return (
+        f"waited alone {alone['n']} turns (p95 {alone['p95']} ms), "
+        f"beside another user's wait {overlapping['n']} (p95 {overlapping['p95']} ms)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,9 @@ import base64
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from voxloop.bench.stats import scaling, turns
+import pytest
+
+from voxloop.bench.stats import contention, scaling, turns
 from voxloop.bench.user import UserRun
 from voxloop.client import RealtimeClient, Received
 
@@ -39,8 +41,9 @@ def test_server_latency_is_counted_only_for_a_turn_the_server_ended_after_the_sp
     run.speech = [(0.0, 2.0, 2.2), (3.0, 5.0, 5.2)]  # (start, voiced end, end) in the streamed audio
     figures = {t["response_id"]: t for t in turns(run)}
     assert figures["after"]["server_v2v_ms"] == 640.0 and not figures["after"]["mid_speech"]
+    assert figures["after"]["waiting_s"] == pytest.approx((2.0, 2.6))  # true end of speech -> first reply audio
     assert figures["inside"]["mid_speech"] and figures["inside"]["server_v2v_ms"] is None  # answered a pause
-    assert figures["inside"]["client_v2v_ms"] is None
+    assert figures["inside"]["client_v2v_ms"] is None and figures["inside"]["waiting_s"] is None
     assert figures["unended"]["server_v2v_ms"] is None  # no end of turn in its trace
 
 
@@ -59,3 +62,19 @@ def test_scaling_gives_each_user_count_p95_as_a_multiple_of_the_first() -> None:
     assert len(lines) == 2
     assert "x4 against x1" in lines[0] and "1.50x (client), 2.00x (server)" in lines[0]
     assert lines[1].strip().startswith("embedded") and "n/a (client), 2.00x (server)" in lines[1]
+
+
+def test_contention_tells_turns_that_waited_beside_another_users_from_turns_that_waited_alone() -> None:
+    def user(*waits: tuple[float, float]) -> dict[str, Any]:
+        timed = [{"client_v2v_ms": (end - start) * 1000, "waiting_s": (start, end)} for start, end in waits]
+        return {"turns": [*timed, {"client_v2v_ms": None, "waiting_s": None}]}  # an untimed turn counts nowhere
+
+    users = [
+        user((0.0, 0.5), (10.0, 11.2)),  # its second wait shares 0.7 s with the second user's
+        user((10.5, 11.5), (20.0, 20.6)),
+        user((11.48, 12.0)),  # shares 20 ms with the second user's: a wait ending as another begins
+        user((0.0, 0.6)),  # shares 0.5 s with the first user's first wait
+    ]
+    split = contention(users)
+    assert split["overlapping"]["n"] == 4 and split["overlapping"]["max"] == 1200.0
+    assert split["alone"]["n"] == 2 and split["alone"]["max"] == 600.0  # (20.0, 20.6) and (11.48, 12.0)

@@ -12,6 +12,7 @@ from voxloop.bench.user import UserRun, playback, reply_chunks
 from voxloop.rtc_client import RTC_AUDIO
 
 FRAME_S = 0.02  # a WebRTC audio frame
+OVERLAP_MS = 50  # less is one wait ending as another begins: too short a contest for the CPU to count
 MODEL_SPANS = ("stt", "llm_first_token", "first_chunk", "tts_first_audio")
 OVERHEAD_METHOD = (
     "per turn: server voice-to-voice minus the endpointing wait (endpoint_delay) minus the model spans "
@@ -61,10 +62,13 @@ def turns(run: UserRun) -> list[dict[str, Any]]:
         overhead = None
         if v2v is not None and all(k in spans for k in ("endpoint_delay", *MODEL_SPANS)):
             overhead = v2v - spans["endpoint_delay"] - sum(spans[k] for k in MODEL_SPANS)
+        timed = bool(chunks and ends and not mid_speech)
         out.append(
             {
                 "response_id": rid,
-                "client_v2v_ms": (chunks[0][0] - max(ends)) * 1000 if chunks and ends and not mid_speech else None,
+                "client_v2v_ms": (chunks[0][0] - max(ends)) * 1000 if timed else None,
+                # When the user was waiting (true end of speech -> first reply audio), on the bench's clock.
+                "waiting_s": (max(ends), chunks[0][0]) if timed else None,
                 "mid_speech": mid_speech,
                 "server_v2v_ms": v2v,
                 "spans_ms": spans,
@@ -140,7 +144,28 @@ def aggregate(users: list[dict[str, Any]]) -> dict[str, Any]:
         "server_late_input_frames": sum(t["late_input_frames"] for t in all_turns),
         "input_backlog_ms": summary([t["input_backlog_ms_max"] for t in all_turns if t["input_backlog_ms_max"]]),
         "eager_endpoints": sum(1 for t in all_turns if t["endpoint"] == "eager"),
+        "contention": contention(users),
     }
+
+
+def contention(users: list[dict[str, Any]]) -> dict[str, Any]:
+    """Client voice-to-voice of the turns during which another user was also waiting for a reply
+    ("overlapping": their waits shared at least `OVERLAP_MS`) against the turns that had the
+    machine's models to themselves ("alone"). Tells turns slowed by coinciding turns from turns
+    slowed by anything else (a long question, other users' replies being made)."""
+    alone: list[float] = []
+    overlapping: list[float] = []
+    for index, user in enumerate(users):
+        others = [t["waiting_s"] for i, u in enumerate(users) if i != index for t in u["turns"] if t.get("waiting_s")]
+        for turn in user["turns"]:
+            if turn.get("waiting_s") and turn["client_v2v_ms"] is not None:
+                shared = sum(_overlap(turn["waiting_s"], other) for other in others)
+                (overlapping if shared * 1000 >= OVERLAP_MS else alone).append(turn["client_v2v_ms"])
+    return {"alone": summary(alone), "overlapping": summary(overlapping)}
+
+
+def _overlap(a: tuple[float, float], b: tuple[float, float]) -> float:
+    return max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
 
 
 def scaling(runs: list[dict[str, Any]]) -> list[str]:
