@@ -142,7 +142,8 @@ def report(result: dict[str, Any]) -> str:
             f"replies mid-speech {o['replies_mid_speech']}, eager ends {o['eager_endpoints']}, "
             f"overhead p50 {o['overhead_per_turn_ms']['p50']} ms, WER {o['wer']}, {_contention(o['contention'])}, "
             f"underruns {o['reply_underruns']}, frame jitter {o['reply_frame_jitter_ms']}, "
-            f"loop lag {run['resources']['loop_lag_ms']}, machine {run['resources']['machine']}"
+            f"loop lag {run['resources']['loop_lag_ms']}, machine {run['resources']['machine']}, "
+            f"CPU s: {_cpu(run['resources']['processes'])}"
         )
     lines += scaling(result["runs"])
     for run in result["pause_ladder"]:
@@ -150,6 +151,10 @@ def report(result: dict[str, Any]) -> str:
         if ep:
             lines.append(f"{run['llm']:>9} pause ladder: false endpoints {ep['false_endpoints']}/{ep['short_pauses']}")
     return "\n".join(lines)
+
+
+def _cpu(processes: dict[str, Any]) -> str:
+    return ", ".join(f"{name} {figures['cpu_s']}" for name, figures in processes.items())
 
 
 def _contention(split: dict[str, Any]) -> str:

@@ -31,7 +31,9 @@ def test_one_user_excerpt_gives_sane_figures(eval_dir: Path, server: Any, tmp_pa
     assert overall["wer"] is not None and overall["wer"] <= 1.0
     assert overall["reply_audio_s"] > 0.2
     assert overall["frames_sent"] >= 2 * 3.0 / 0.02  # every 20 ms of the excerpt (plus the wait) went out
+    assert overall["contention"]["alone"]["n"] == 2 and overall["contention"]["overlapping"]["n"] == 0  # one user
     assert result["resources"]["loop_lag_ms"]["max"] >= 0
+    assert result["resources"]["processes"]["bench (simulated users)"]["cpu_s"] > 0  # what the load itself took
     machine = result["resources"]["machine"]
     assert 0 < machine["busy_percent"] <= 100 and 0 <= machine["steal_percent"] < 100
 

@@ -16,7 +16,7 @@ import psutil
 from voxloop.bench.conversation import Conversation
 from voxloop.bench.procs import Managed, start_llama, start_voxloop
 from voxloop.bench.stats import OVERHEAD_METHOD, aggregate, summary, user_figures
-from voxloop.bench.user import SimulatedUser
+from voxloop.bench.user import SimulatedUser, UserRun
 from voxloop.client import RealtimeClient
 from voxloop.pipeline.assets import AssetStore
 from voxloop.pipeline.tasks import cancel_and_wait
@@ -85,6 +85,9 @@ class Sampler:
         self.cpu: dict[str, list[float]] = {name: [] for name in self.procs}
         self.rss: dict[str, list[float]] = {name: [] for name in self.procs}
         self.cpu_s0 = {name: self._cpu_s(p) for name, p in self.procs.items()}
+        # The simulated users share the machine with what they measure: what they take is said too.
+        self.own = psutil.Process()
+        self.own_cpu_s0 = self._own_cpu_s()
         self.machine0 = psutil.cpu_times()
         self.lag: list[dict[str, float]] = []
 
@@ -94,6 +97,10 @@ class Sampler:
 
     def _cpu_s(self, proc: psutil.Process) -> float:
         return float(sum(p.cpu_times().user + p.cpu_times().system for p in self._tree(proc)))
+
+    def _own_cpu_s(self) -> float:
+        times = self.own.cpu_times()
+        return float(times.user + times.system)
 
     async def watch(self) -> None:
         for proc in self.procs.values():
@@ -117,6 +124,7 @@ class Sampler:
                 "cpu_s": round(cpu_s, 2),
                 "rss_mib": summary(self.rss[name]),
             }
+        out["bench (simulated users)"] = {"cpu_s": round(self._own_cpu_s() - self.own_cpu_s0, 2)}
         serve = out.get("voxloop serve")
         if serve is not None and frames:
             serve["cpu_ms_per_input_frame"] = round(serve["cpu_s"] * 1000 / frames, 3)
@@ -146,11 +154,11 @@ async def _connect(url: str, plan: Plan) -> RealtimeClient:
     return await RealtimeClient.connect(url.replace("http", "ws", 1) + "/v1/realtime")
 
 
-async def _one_user(url: str, plan: Plan, index: int) -> dict[str, Any]:
+async def _one_user(url: str, plan: Plan, index: int) -> UserRun:
     async with await _connect(url, plan) as client:
         await client.update_session(SESSION)
         user = SimulatedUser(client, plan.conversation, polite=plan.polite, lead_in_s=index * plan.stagger_s)
-        return user_figures(await user.talk(), plan.conversation)
+        return await user.talk()
 
 
 async def _users(url: str, started: list[Managed], plan: Plan) -> dict[str, Any]:
@@ -160,7 +168,9 @@ async def _users(url: str, started: list[Managed], plan: Plan) -> dict[str, Any]
     try:
         users = []
         for _ in range(plan.rounds):
-            users += await asyncio.gather(*(_one_user(url, plan, i) for i in range(plan.users)))
+            runs = await asyncio.gather(*(_one_user(url, plan, i) for i in range(plan.users)))
+            # Figured once the round is over: done while other users still talk, it would hold up their loop.
+            users += [user_figures(run, plan.conversation) for run in runs]
     finally:
         await cancel_and_wait(watcher)
     overall = aggregate(users)

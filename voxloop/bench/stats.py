@@ -54,7 +54,7 @@ def turns(run: UserRun) -> list[dict[str, Any]]:
             (r.event["trace"] for r in received[item.index :] if r.event.get("type") == "voxloop.trace"), {}
         )
         rtc = any(r.event.get("type") == RTC_AUDIO for r in received)
-        _, underruns, gap_ms = playback(chunks) if not rtc else (0, 0, 0.0)
+        played = playback(chunks)
         spans = trace.get("spans_ms", {})
         # The server's figure needs an end of turn it decided; a reply to a pause inside a segment
         # counts apart on both sides (its speech end moves on when the user talks on).
@@ -74,9 +74,9 @@ def turns(run: UserRun) -> list[dict[str, Any]]:
                 "spans_ms": spans,
                 "overhead_ms": overhead,
                 "reply_audio_s": sum(n for _, n in chunks) / 16000,
-                "underruns": underruns if not rtc else None,  # WebRTC: the receiver's jitter buffer decides
+                "underruns": played.underruns if not rtc else None,  # WebRTC: the receiver's jitter buffer decides
                 "frame_jitter_ms": frame_jitter(chunks) if rtc else [],
-                "underrun_ms": gap_ms,
+                "underrun_ms": played.underrun_ms if not rtc else 0.0,
                 "endpoint": trace.get("notes", {}).get("endpoint"),
                 "late_input_frames": trace.get("notes", {}).get("late_input_frames", 0),
                 "input_backlog_ms_max": trace.get("notes", {}).get("input_backlog_ms_max"),

@@ -9,13 +9,12 @@ reply in flight has finished playing (as a real listener would), then goes on; w
 from __future__ import annotations
 
 import asyncio
-import base64
 import bisect
 from dataclasses import dataclass, field
 from typing import Any
 
 from voxloop.bench.conversation import RATE, Conversation, silence
-from voxloop.client import APPEND_MS, RealtimeClient
+from voxloop.client import APPEND_MS, RealtimeClient, Received
 from voxloop.pipeline.frames import PCM16
 from voxloop.rtc_client import RTC_AUDIO, RtcClient
 
@@ -55,6 +54,7 @@ class SimulatedUser:
         self.run = UserRun(client)
         self._loop = asyncio.get_running_loop()
         self._next = 0.0  # loop time the next frame is due
+        self._replies = ReplyFollower(client.received)
 
     async def talk(self) -> UserRun:
         self._next = self._loop.time()
@@ -92,49 +92,87 @@ class SimulatedUser:
             await self._frame(silence(APPEND_MS / 1000))
 
     def _busy(self) -> bool:
-        events = self.client.received
-        last_stop = max(
-            (r.index for r in events if r.event.get("type") == "input_audio_buffer.speech_stopped"), default=-1
-        )
-        if last_stop < 0:
+        replies = self._replies
+        replies.catch_up()
+        if not replies.turn_ended:
             return False
-        done = [r for r in events[last_stop:] if r.event.get("type") == "response.done"]
-        if not done:
+        if replies.answered is None:
             return True  # the turn ended and its reply has not finished
-        rid = done[-1].event["response"]["id"]
         if isinstance(self.client, RtcClient):  # the server's track plays it: wait until it says it stopped
-            return not any(r.event.get("type") in TRACK_ENDS and r.event.get("response_id") == rid for r in events)
-        return self._loop.time() < playback_end(events, rid)
+            return replies.answered not in replies.track_ended
+        played = replies.playbacks.get(replies.answered)
+        return played is not None and self._loop.time() < played.end
 
 
-def reply_chunks(events: list[Any], response_id: str) -> list[tuple[float, int]]:
+class ReplyFollower:
+    """What the user listens for, read from a client's events once each, as they arrive: the
+    events pile up all run long, and reading them all again every 20 ms frame (base64 included)
+    took the benchmark a good part of a core with four users, from the server it measures."""
+
+    def __init__(self, received: list[Received]) -> None:
+        self._received = received
+        self._read = 0
+        self.turn_ended = False  # a speech_stopped has come
+        self.answered: str | None = None  # the last reply done since the last speech_stopped
+        self.playbacks: dict[str, Playback] = {}
+        self.track_ended: set[str] = set()  # WebRTC replies whose track stopped playing them
+
+    def catch_up(self) -> None:
+        for item in self._received[self._read :]:
+            event, kind = item.event, item.event.get("type")
+            if kind == "input_audio_buffer.speech_stopped":
+                self.turn_ended, self.answered = True, None
+            elif kind == "response.done":
+                self.answered = event["response"]["id"]
+            elif kind in TRACK_ENDS:
+                self.track_ended.add(str(event.get("response_id")))
+            elif (samples := reply_samples(event)) is not None:
+                self.playbacks.setdefault(event["response_id"], Playback()).add(item.at, samples)
+        self._read = len(self._received)
+
+
+@dataclass
+class Playback:
+    """A reply played as it arrives: from its first chunk's arrival on, it runs dry (an underrun)
+    whenever a chunk comes after what came before it has played out."""
+
+    end: float = 0.0  # when what has come so far will have played
+    underruns: int = 0
+    underrun_ms: float = 0.0
+    started: bool = False
+
+    def add(self, at: float, samples: int, rate: int = RATE) -> None:
+        if not self.started:
+            self.end, self.started = at, True
+        elif at > self.end + 0.001:
+            self.underruns += 1
+            self.underrun_ms += (at - self.end) * 1000
+            self.end = at
+        self.end += samples / rate
+
+
+def reply_samples(event: dict[str, Any]) -> int | None:
+    """Samples at 16 kHz of reply audio in an event (a delta or a WebRTC track frame); None if it has none."""
+    kind = event.get("type")
+    if kind == "response.output_audio.delta":
+        delta = str(event["delta"])  # base64: its length tells the size without decoding it
+        return (len(delta) * 3 // 4 - delta[-2:].count("=")) // 2
+    if kind == RTC_AUDIO:
+        return int(event["samples"] * RATE // event["rate"])
+    return None
+
+
+def reply_chunks(events: list[Received], response_id: str) -> list[tuple[float, int]]:
     """(arrival time, samples at 16 kHz) of each reply-audio delta (or WebRTC track frame) of one response."""
-    chunks = []
-    for item in events:
-        event = item.event
-        if event.get("response_id") != response_id:
-            continue
-        if event.get("type") == "response.output_audio.delta":
-            chunks.append((item.at, len(base64.b64decode(event["delta"])) // 2))
-        elif event.get("type") == RTC_AUDIO:
-            chunks.append((item.at, event["samples"] * RATE // event["rate"]))
-    return chunks
+    return [
+        (item.at, samples)
+        for item in events
+        if item.event.get("response_id") == response_id and (samples := reply_samples(item.event)) is not None
+    ]
 
 
-def playback(chunks: list[tuple[float, int]], rate: int = RATE) -> tuple[float, int, float]:
-    """Simulated playback from the first chunk's arrival: (end time, underruns, underrun ms)."""
-    if not chunks:
-        return 0.0, 0, 0.0
-    end = chunks[0][0]
-    underruns, gap_ms = 0, 0.0
+def playback(chunks: list[tuple[float, int]]) -> Playback:
+    played = Playback()
     for at, samples in chunks:
-        if at > end + 0.001:
-            underruns += 1
-            gap_ms += (at - end) * 1000
-            end = at
-        end += samples / rate
-    return end, underruns, gap_ms
-
-
-def playback_end(events: list[Any], response_id: str) -> float:
-    return playback(reply_chunks(events, response_id))[0]
+        played.add(at, samples)
+    return played
