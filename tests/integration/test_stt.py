@@ -200,11 +200,11 @@ async def test_words_cut_off_by_a_barge_in_are_transcribed_with_the_next_utteran
     second = read16k(eval_dir / "audio" / "librivox_ss01_0930.wav")  # "he might even have been made amiable himself"
     async with Graph(session, [SttStage(session, SETTINGS, engine)]) as graph:
         await session.user_started_speaking()
-        session.user_stopped_speaking(session.now_ns())
+        session.user_stopped_speaking(session.now_ns(), first)
         await graph.push(session.make(SpeechEnded, audio=first))
         assert isinstance(await asyncio.wait_for(graph.output.get(), timeout=60), SpeechEnded)
         await session.user_started_speaking()  # barge-in while the first is being transcribed
-        session.user_stopped_speaking(session.now_ns())
+        session.user_stopped_speaking(session.now_ns(), second)
         await graph.push(session.make(SpeechEnded, audio=second))
         frames = [await asyncio.wait_for(graph.output.get(), timeout=60) for _ in range(3)]
     transcripts = [f for f in frames if isinstance(f, Transcript)]
@@ -212,6 +212,39 @@ async def test_words_cut_off_by_a_barge_in_are_transcribed_with_the_next_utteran
     heard = words_for_wer(transcripts[0].text)
     assert "forward" in heard
     assert "amiable" in heard
+    assert session.history == [Message("user", transcripts[0].text)]
+
+
+async def test_words_whose_end_still_queued_behind_a_guess_at_a_barge_in_are_not_lost(
+    engine: WhisperEngine, eval_dir: Path
+) -> None:
+    """Under load: the pause's guess waits for a busy model, the turn's end queues behind it in
+    the STT's lane, and the user goes on before either is done. The barge-in drops both; the
+    words still reach the next utterance's transcript."""
+    first = read16k(eval_dir / "audio" / "psphinx_goforward.wav")  # "go forward ten meters"
+    second = read16k(eval_dir / "audio" / "librivox_ss01_0930.wav")  # "he might even have been made amiable himself"
+    releases = [threading.Event() for _ in range(engine.settings.workers)]
+    session = Session()
+    async with Graph(session, [SttStage(session, SETTINGS, engine)]) as graph:
+        hold = [asyncio.create_task(engine.worker.run(release.wait, 30)) for release in releases]
+        await asyncio.sleep(0.05)  # every replica is busy (other sessions' work)
+        await session.user_started_speaking()
+        await graph.push(session.make(SpeechEnded, audio=first, speech_end_ns=1, final=False))
+        session.user_stopped_speaking(2, first)
+        await graph.push(session.make(SpeechEnded, audio=first, speech_end_ns=2))  # queued behind the guess
+        await asyncio.sleep(0.05)
+        await session.user_started_speaking()  # the user goes on
+        for release in releases:
+            release.set()
+        await asyncio.gather(*hold)
+        session.user_stopped_speaking(3, second)
+        await graph.push(session.make(SpeechEnded, audio=second, speech_end_ns=3))
+        frames = [await asyncio.wait_for(graph.output.get(), timeout=60) for _ in range(3)]
+    assert [type(f).__name__ for f in frames] == ["Interrupt", "SpeechEnded", "Transcript"]  # nothing of "first"
+    transcripts = [f for f in frames if isinstance(f, Transcript)]
+    assert len(transcripts) == 1 and transcripts[0].final
+    heard = words_for_wer(transcripts[0].text)
+    assert "forward" in heard and "amiable" in heard
     assert session.history == [Message("user", transcripts[0].text)]
 
 

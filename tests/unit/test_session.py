@@ -104,6 +104,28 @@ async def test_speech_after_the_endpoint_is_a_barge_in_even_before_the_transcrip
     assert session.epoch == 1
 
 
+async def test_utterances_a_barge_in_cut_off_before_their_transcript_come_before_the_next() -> None:
+    session = Session()
+    first, second, third = (np.full(4, value, np.int16) for value in (1, 2, 3))
+    await session.user_started_speaking()
+    session.user_stopped_speaking(1, first)
+    await session.user_started_speaking()  # the user goes on before "first" was transcribed
+    session.user_stopped_speaking(2, second)
+    await session.user_started_speaking()  # and again
+    assert session.with_cut_off_words(third).tolist() == [1] * 4 + [2] * 4 + [3] * 4
+    session.user_said("one two three")  # their words are in this transcript: nothing is kept
+    assert session.with_cut_off_words(third) is third
+
+    session.user_stopped_speaking(3, first)
+    session.user_said("transcribed")  # transcribed before the user went on: its words are in history
+    await session.user_started_speaking()
+    assert session.with_cut_off_words(third) is third
+    session.user_stopped_speaking(4, second)
+    session.utterance_dropped()  # no words in it
+    await session.user_started_speaking()
+    assert session.with_cut_off_words(third) is third
+
+
 def test_an_utterance_without_words_returns_to_listening() -> None:
     session = Session()
     session.user_stopped_speaking(speech_end_ns=1)

@@ -15,8 +15,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import numpy as np
+
 from voxloop.pipeline.clock import Clock, MonotonicClock
-from voxloop.pipeline.frames import AudioOutput, Frame, ReplyDone
+from voxloop.pipeline.frames import PCM16, AudioOutput, Frame, ReplyDone
 from voxloop.pipeline.speculation import REPLY_MARKS, SPECULATION_DROPPED, Speculation
 from voxloop.pipeline.trace import TurnTrace
 
@@ -73,6 +75,8 @@ class Session:
         self._emitted: list[str] = []  # chunks of the current reply that reached the output
         self._emitted_chunk = -1
         self._unanswered: str = ""  # user text whose reply was cut before it made a sound
+        self._untranscribed: PCM16 | None = None  # the ended utterance, until its final transcript is made
+        self._cut_off_audio: PCM16 | None = None  # utterances a barge-in cut off before they were transcribed
         self._awaiting_reply: Message | None = None  # the user message the reply in flight answers
 
     # -- state ----------------------------------------------------------------------------
@@ -129,14 +133,17 @@ class Session:
         self.user_speaking = True  # set first: stages cancelled by the barge-in can tell why
         self.pause_ns = None
         if self.responding:
+            self._keep_untranscribed()
             await self.interrupt("barge_in")
         self.turn_id += 1
         self.trace = TurnTrace(self.id, self.turn_id)
         self.state = State.LISTENING
 
-    def user_stopped_speaking(self, speech_end_ns: int) -> None:
-        """The VAD decided the utterance is over; its last voiced sample arrived at `speech_end_ns`."""
+    def user_stopped_speaking(self, speech_end_ns: int, audio: PCM16 | None = None) -> None:
+        """The VAD decided the utterance is over; its last voiced sample arrived at `speech_end_ns`.
+        `audio` is the utterance, kept until its transcript is made (see `with_cut_off_words`)."""
         self.user_speaking = False
+        self._untranscribed = audio
         self.mark("speech_end", speech_end_ns)
         self.mark("endpoint")
         # From here the utterance is being answered: speech now is a barge-in, even before the
@@ -145,6 +152,7 @@ class Session:
 
     def utterance_dropped(self) -> None:
         """The utterance held no words (noise, a cough): nothing will be answered."""
+        self._untranscribed = self._cut_off_audio = None
         if self.state is State.THINKING:
             self.state = State.LISTENING
 
@@ -156,11 +164,24 @@ class Session:
         """
         text = self.question(text)
         self._unanswered = ""
+        self._untranscribed = self._cut_off_audio = None  # the words cut off earlier are in this transcript
         if text:
             self._awaiting_reply = Message("user", text)
             self.history.append(self._awaiting_reply)
         self.state = State.THINKING if text and self.auto_respond else State.LISTENING
         return text
+
+    def with_cut_off_words(self, audio: PCM16) -> PCM16:
+        """`audio`, after any utterance the user went on from before it was transcribed: its words
+        are part of what they are saying now (and under load a transcript can take a while)."""
+        if self._cut_off_audio is None:
+            return audio
+        return np.concatenate([self._cut_off_audio, audio])
+
+    def _keep_untranscribed(self) -> None:
+        if self._untranscribed is not None:
+            self._cut_off_audio = self.with_cut_off_words(self._untranscribed)
+            self._untranscribed = None
 
     def question(self, text: str) -> str:
         """What a reply to `text` answers: with the words of a reply cut off before it made a sound."""

@@ -364,7 +364,7 @@ class RealtimeConnection:
         audio = np.concatenate(self.manual_audio)
         self.manual_audio.clear()
         await self.session.user_started_speaking()
-        self.session.user_stopped_speaking(self.session.now_ns())
+        self.session.user_stopped_speaking(self.session.now_ns(), audio)
         self._user_item_started()
         await self.graph.push(self.session.make(SpeechEnded, audio=audio, speech_end_ns=self.session.now_ns()))
 

@@ -11,7 +11,6 @@ guard rejects, which costs latency and, by sampling, makes hallucinations more l
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import math
@@ -409,7 +408,6 @@ class SttStage(StageBase):
         self.session = session
         self.settings = settings
         self.engine = engine
-        self._carried: PCM16 | None = None  # an utterance whose transcription a barge-in cut off
         self._speculation: tuple[int, int, SttResult] | None = None  # (turn, speech_end_ns, result)
         self._guessing: Pending[SttResult] | None = None  # a pause's transcription, queued or running
         session.on_state(self._on_state)
@@ -420,9 +418,7 @@ class SttStage(StageBase):
         A finished-sounding sentence tells the VAD it may end the turn early (the eager
         hangover); accepted words go out as a partial transcript."""
         self._speculation = None
-        if self._carried is not None:
-            return None
-        result = await self._guess(pause.audio)
+        result = await self._guess(self.session.with_cut_off_words(pause.audio))
         self._speculation = (pause.turn_id, pause.speech_end_ns, result)
         self.session.mark("stt_speculative", replace=True)
         if not result.accepted:
@@ -452,21 +448,9 @@ class SttStage(StageBase):
         speculation, self._speculation = self._speculation, None
         if speculation is None:
             return None
-        hit = speculation[:2] == (end.turn_id, end.speech_end_ns) and self._carried is None
+        hit = speculation[:2] == (end.turn_id, end.speech_end_ns)
         self.session.trace.notes["stt_speculative"] = "hit" if hit else "miss"
         return speculation[2] if hit else None
-
-    async def _transcribe(self, audio: PCM16) -> SttResult:
-        if self._carried is not None:
-            audio = np.concatenate([self._carried, audio])
-            self._carried = None
-        try:
-            return await self.engine.atranscribe(audio)
-        except asyncio.CancelledError:
-            if self.session.user_speaking:
-                # The user went on talking after a pause: keep these words for the next utterance.
-                self._carried = audio
-            raise
 
     async def process(self, frame: Frame) -> AsyncIterator[Frame]:
         if not isinstance(frame, SpeechEnded):
@@ -483,7 +467,7 @@ class SttStage(StageBase):
         if not held:
             yield frame  # the transport reports the end of speech now, not after transcription
         started = time.perf_counter()
-        result = speculated or await self._transcribe(frame.audio)
+        result = speculated or await self.engine.atranscribe(self.session.with_cut_off_words(frame.audio))
         self.session.mark("stt_final")
         facts = {
             "audio_s": round(len(frame.audio) / SAMPLE_RATE, 3),

@@ -451,7 +451,7 @@ class VadStage(StageBase):
             return self.session.make(SpeechEnded, **ended, final=False)
         self._pause = None
         self.session.trace.notes["endpoint"] = "eager" if event.eager else "forced" if event.forced else "hangover"
-        self.session.user_stopped_speaking(speech_end_ns)
+        self.session.user_stopped_speaking(speech_end_ns, event.audio)
         log.info(
             "speech ended",
             extra={
