@@ -31,7 +31,9 @@ def test_one_user_excerpt_gives_sane_figures(eval_dir: Path, server: Any, tmp_pa
     assert overall["wer"] is not None and overall["wer"] <= 1.0
     assert overall["reply_audio_s"] > 0.2
     assert overall["frames_sent"] >= 2 * 3.0 / 0.02  # every 20 ms of the excerpt (plus the wait) went out
-    assert overall["contention"]["alone"]["n"] == 2 and overall["contention"]["overlapping"]["n"] == 0  # one user
+    timed = sum(1 for user in result["per_user"] for turn in user["turns"] if turn["client_v2v_ms"] is not None)
+    split = overall["contention"]  # one user at a time: every timed turn waited alone
+    assert split["alone"]["n"] == timed > 0 and split["overlapping"]["n"] == 0
     assert result["resources"]["loop_lag_ms"]["max"] >= 0
     assert result["resources"]["processes"]["bench (simulated users)"]["cpu_s"] > 0  # what the load itself took
     machine = result["resources"]["machine"]

@@ -171,6 +171,10 @@ class Session:
         self.state = State.THINKING if text and self.auto_respond else State.LISTENING
         return text
 
+    @property
+    def has_cut_off_words(self) -> bool:
+        return self._cut_off_audio is not None
+
     def with_cut_off_words(self, audio: PCM16) -> PCM16:
         """`audio`, after any utterance the user went on from before it was transcribed: its words
         are part of what they are saying now (and under load a transcript can take a while)."""

@@ -418,7 +418,9 @@ class SttStage(StageBase):
         A finished-sounding sentence tells the VAD it may end the turn early (the eager
         hangover); accepted words go out as a partial transcript."""
         self._speculation = None
-        result = await self._guess(self.session.with_cut_off_words(pause.audio))
+        if self.session.has_cut_off_words:
+            return None  # with the earlier words, a guess reads as finished too soon (an eager end mid-thought)
+        result = await self._guess(pause.audio)
         self._speculation = (pause.turn_id, pause.speech_end_ns, result)
         self.session.mark("stt_speculative", replace=True)
         if not result.accepted:
