@@ -96,11 +96,10 @@ class Sampler:
         return [proc, *proc.children(recursive=True)]
 
     def _cpu_s(self, proc: psutil.Process) -> float:
-        return float(sum(p.cpu_times().user + p.cpu_times().system for p in self._tree(proc)))
+        return sum(_cpu_of(p) for p in self._tree(proc))
 
     def _own_cpu_s(self) -> float:
-        times = self.own.cpu_times()
-        return float(times.user + times.system)
+        return _cpu_of(self.own)
 
     async def watch(self) -> None:
         for proc in self.procs.values():
@@ -146,6 +145,11 @@ class Sampler:
             "busy_percent": round(100 * (total - idle - spent.get("steal", 0.0)) / total, 1),
             "steal_percent": round(100 * spent.get("steal", 0.0) / total, 1),
         }
+
+
+def _cpu_of(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return float(times.user + times.system)
 
 
 async def _connect(url: str, plan: Plan) -> RealtimeClient:

@@ -158,7 +158,7 @@ def contention(users: list[dict[str, Any]]) -> dict[str, Any]:
     for index, user in enumerate(users):
         others = [t["waiting_s"] for i, u in enumerate(users) if i != index for t in u["turns"] if t.get("waiting_s")]
         for turn in user["turns"]:
-            if turn.get("waiting_s") and turn["client_v2v_ms"] is not None:
+            if turn.get("waiting_s"):  # set for exactly the turns with a client voice-to-voice
                 shared = sum(_overlap(turn["waiting_s"], other) for other in others)
                 (overlapping if shared * 1000 >= OVERLAP_MS else alone).append(turn["client_v2v_ms"])
     return {"alone": summary(alone), "overlapping": summary(overlapping)}

@@ -101,7 +101,7 @@ class SimulatedUser:
         if isinstance(self.client, RtcClient):  # the server's track plays it: wait until it says it stopped
             return replies.answered not in replies.track_ended
         played = replies.playbacks.get(replies.answered)
-        return played is not None and self._loop.time() < played.end
+        return played is not None and played.end is not None and self._loop.time() < played.end
 
 
 class ReplyFollower:
@@ -136,19 +136,17 @@ class Playback:
     """A reply played as it arrives: from its first chunk's arrival on, it runs dry (an underrun)
     whenever a chunk comes after what came before it has played out."""
 
-    end: float = 0.0  # when what has come so far will have played
+    end: float | None = None  # when what has come so far will have played; None before the first chunk
     underruns: int = 0
     underrun_ms: float = 0.0
-    started: bool = False
 
     def add(self, at: float, samples: int, rate: int = RATE) -> None:
-        if not self.started:
-            self.end, self.started = at, True
-        elif at > self.end + 0.001:
+        end = at if self.end is None else self.end
+        if at > end + 0.001:
             self.underruns += 1
-            self.underrun_ms += (at - self.end) * 1000
-            self.end = at
-        self.end += samples / rate
+            self.underrun_ms += (at - end) * 1000
+            end = at
+        self.end = end + samples / rate
 
 
 def reply_samples(event: dict[str, Any]) -> int | None:
@@ -172,6 +170,7 @@ def reply_chunks(events: list[Received], response_id: str) -> list[tuple[float, 
 
 
 def playback(chunks: list[tuple[float, int]]) -> Playback:
+    """Simulated playback of a whole reply, from its first chunk's arrival."""
     played = Playback()
     for at, samples in chunks:
         played.add(at, samples)
