@@ -219,8 +219,8 @@ async def test_words_whose_end_still_queued_behind_a_guess_at_a_barge_in_are_not
     engine: WhisperEngine, eval_dir: Path
 ) -> None:
     """Under load: the pause's guess waits for a busy model, the turn's end queues behind it in
-    the STT's lane, and the user goes on before either is done. The barge-in drops both; the
-    words still reach the next utterance's transcript."""
+    the STT's lane, and the user goes on before either is done. The barge-in drops the work on
+    both; the end of speech is still reported, and the words reach the next utterance's transcript."""
     first = read16k(eval_dir / "audio" / "psphinx_goforward.wav")  # "go forward ten meters"
     second = read16k(eval_dir / "audio" / "librivox_ss01_0930.wav")  # "he might even have been made amiable himself"
     releases = [threading.Event() for _ in range(engine.settings.workers)]
@@ -239,8 +239,10 @@ async def test_words_whose_end_still_queued_behind_a_guess_at_a_barge_in_are_not
         await asyncio.gather(*hold)
         session.user_stopped_speaking(3, second)
         await graph.push(session.make(SpeechEnded, audio=second, speech_end_ns=3))
-        frames = [await asyncio.wait_for(graph.output.get(), timeout=60) for _ in range(3)]
-    assert [type(f).__name__ for f in frames] == ["Interrupt", "SpeechEnded", "Transcript"]  # nothing of "first"
+        frames = [await asyncio.wait_for(graph.output.get(), timeout=60) for _ in range(4)]
+    # the first end goes on untranscribed (the client hears the user stopped), then the second's
+    assert [type(f).__name__ for f in frames] == ["Interrupt", "SpeechEnded", "SpeechEnded", "Transcript"]
+    assert [f.speech_end_ns for f in frames if isinstance(f, SpeechEnded)] == [2, 3]
     transcripts = [f for f in frames if isinstance(f, Transcript)]
     assert len(transcripts) == 1 and transcripts[0].final
     heard = words_for_wer(transcripts[0].text)

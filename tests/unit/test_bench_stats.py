@@ -8,7 +8,7 @@ from typing import Any, cast
 
 import pytest
 
-from voxloop.bench.stats import contention, scaling, turns
+from voxloop.bench.stats import contention, scaling, turns, unended
 from voxloop.bench.user import UserRun
 from voxloop.client import RealtimeClient, Received
 
@@ -78,3 +78,10 @@ def test_contention_tells_turns_that_waited_beside_another_users_from_turns_that
     split = contention(users)
     assert split["overlapping"]["n"] == 4 and split["overlapping"]["max"] == 1200.0
     assert split["alone"]["n"] == 2 and split["alone"]["max"] == 600.0  # (20.0, 20.6) and (11.48, 12.0)
+
+
+def test_an_utterance_the_client_saw_start_but_never_stop_is_counted() -> None:
+    started, stopped = {"type": "input_audio_buffer.speech_started"}, {"type": "input_audio_buffer.speech_stopped"}
+    done = {"type": "conversation.item.input_audio_transcription.completed"}
+    assert unended([started, stopped, done, started, stopped]) == 0
+    assert unended([started, started, stopped, started, done, started]) == 2  # the last one may still be going on

@@ -5,7 +5,16 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from voxloop.pipeline.frames import ErrorFrame, Frame, Interrupt, ReplyText, Transcript
+from voxloop.pipeline.frames import (
+    AudioInput,
+    ErrorFrame,
+    Frame,
+    Interrupt,
+    ReplyText,
+    SpeechEnded,
+    SpeechStarted,
+    Transcript,
+)
 from voxloop.pipeline.graph import Graph, Lane
 from voxloop.pipeline.session import Session
 from voxloop.pipeline.stage import StageBase
@@ -86,15 +95,46 @@ async def test_a_full_lane_applies_backpressure_but_never_to_control() -> None:
     assert len(lane) == 3
 
 
-async def test_stale_data_is_dropped_from_lanes_but_input_audio_is_kept() -> None:
-    from voxloop.pipeline.frames import AudioInput
-
+async def test_stale_data_is_dropped_from_lanes_but_input_audio_and_the_users_news_are_kept() -> None:
     session = Session()
     lane = Lane(maxsize=8)
     await lane.put(session.make(ReplyText, text="old"))
     await lane.put(session.make(AudioInput))
+    await lane.put(session.make(SpeechStarted))
+    await lane.put(session.make(SpeechEnded, final=False))  # a pause: the STT's business only
+    await lane.put(session.make(SpeechEnded))
     session.epoch += 1
     await lane.put(session.make(ReplyText, text="new"))
-    assert lane.drop_stale(session.epoch) == 1
-    kinds = [type(await lane.get()).__name__ for _ in range(2)]
-    assert kinds == ["AudioInput", "ReplyText"]
+    assert lane.drop_stale(session.epoch) == 2
+    kinds = [type(await lane.get()).__name__ for _ in range(4)]
+    assert kinds == ["AudioInput", "SpeechStarted", "SpeechEnded", "ReplyText"]
+
+
+class Endpoint(StageBase):
+    """Like the STT at a final end whose early transcript missed: the dropped speculation bumps the
+    epoch while this stage still holds the end of speech it is about to report."""
+
+    name = "endpoint"
+    handles = (SpeechEnded,)
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    async def process(self, frame: Frame) -> AsyncIterator[Frame]:
+        self.session.epoch += 1
+        yield frame
+        yield self.session.make(Transcript, text="the words")
+
+
+async def test_a_stale_report_is_forwarded_unprocessed_in_order() -> None:
+    session = Session()
+    graph = Graph(session, [Endpoint(session), Upper(session)])
+    async with graph:
+        reader = asyncio.create_task(collect(graph, 3))
+        await graph.push(session.make(SpeechEnded))
+        await graph.push(session.make(SpeechEnded, final=False))  # stale once the first is processed
+        await graph.push(session.make(ReplyText, text="stale"))
+        await graph.push(session.make(SpeechStarted))
+        out = await asyncio.wait_for(reader, timeout=1)
+    assert [type(f).__name__ for f in out] == ["SpeechEnded", "Transcript", "SpeechStarted"]
+    assert graph.dropped == 2  # the pause and the text; the reports went on

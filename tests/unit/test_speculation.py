@@ -98,6 +98,29 @@ async def test_a_confirmed_reply_was_ready_and_goes_out_at_the_endpoint() -> Non
     assert trace.spans_ms()["llm_first_token"] == 0
 
 
+async def test_a_barge_in_before_the_output_read_the_confirmation_still_reports_the_users_words() -> None:
+    """The end of turn confirmed the held reply, and the user went on before the output reader
+    woke (a VAD catching up on late input does both in one go): the reply is gone, but the end
+    of speech and the words the server took in must still reach the client."""
+    session = Session(clock=LoopClock())
+    graph, _ = make_graph(session)
+    async with graph:
+        sink = Sink(graph)
+        await session.user_started_speaking()
+        speech_end = session.now_ns()
+        await pause(session, graph, WORDS)
+        await asyncio.sleep(1.0)
+        assert await end_of_turn(session, WORDS, speech_end)
+        await session.user_started_speaking()  # no await in between: the reader has not run
+        await asyncio.sleep(2.0)
+        await sink.stop()
+
+    kinds = [type(f).__name__ for _, f in sink.frames]
+    assert kinds == ["Transcript", "SpeechEnded", "Transcript", "Interrupt"]
+    assert sink.frames[2][1].final and sink.frames[2][1].text == WORDS
+    assert session.question("in Tokyo") == WORDS + " in Tokyo", "the words are answered with the next ones"
+
+
 async def test_talking_on_after_the_pause_drops_the_reply_unheard() -> None:
     session = Session(clock=LoopClock())
     graph, tts = make_graph(session)

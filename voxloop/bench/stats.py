@@ -112,7 +112,21 @@ def user_figures(run: UserRun, conversation: Conversation) -> dict[str, Any]:
         "frames_sent": len(run.sent_at),
         "client_late_frames": run.late_frames,
         "endpoints": score_endpoints(run.speech, endpoints) if len(run.speech) > 1 else None,
+        "unended_utterances": unended(received),
     }
+
+
+def unended(events: list[dict[str, Any]]) -> int:
+    """Utterances the client saw start but never saw stop (a speech_started with no speech_stopped
+    before the next one): the server lost an end of speech on its way to the client."""
+    count, open_ = 0, False
+    for kind in (e.get("type") for e in events):
+        if kind == "input_audio_buffer.speech_started":
+            count += open_
+            open_ = True
+        elif kind == "input_audio_buffer.speech_stopped":
+            open_ = False
+    return count
 
 
 def aggregate(users: list[dict[str, Any]]) -> dict[str, Any]:
@@ -136,6 +150,7 @@ def aggregate(users: list[dict[str, Any]]) -> dict[str, Any]:
         "reply_audio_s": round(sum(t["reply_audio_s"] for t in all_turns), 2),
         "cancelled_replies": sum(u["cancelled_replies"] for u in users),
         "errors": sum(len(u["errors"]) for u in users),
+        "unended_utterances": sum(u["unended_utterances"] for u in users),
         "frames_sent": sum(u["frames_sent"] for u in users),
         "client_late_frames": sum(u["client_late_frames"] for u in users),
         # The server never drops input (a full lane holds the socket reader back); it counts frames

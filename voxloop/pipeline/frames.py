@@ -9,6 +9,10 @@ Two class-level flags drive the runner:
 - `scoped`: the frame belongs to its epoch; once the session is interrupted (epoch bumped),
   scoped frames of older epochs are dropped and work on them is cancelled. Input audio is
   not scoped: the user's voice is never thrown away by a barge-in it caused.
+
+And one per frame: `reported` frames (the user's speech start and end, their final words) are
+news for the client whatever became of the work on them: a stale one is not processed, but
+still goes on to the output, in order.
 """
 
 from __future__ import annotations
@@ -39,6 +43,11 @@ class Frame:
 
     control: ClassVar[bool] = False
     scoped: ClassVar[bool] = True
+
+    @property
+    def reported(self) -> bool:
+        """Does the client hear of this frame even after a new epoch dropped the work on it?"""
+        return False
 
 
 # --- input side -----------------------------------------------------------------------------
@@ -77,6 +86,10 @@ class SpeechStarted(Frame):
 
     audio_offset_s: float = 0.0
 
+    @property
+    def reported(self) -> bool:
+        return True
+
 
 @dataclass(slots=True, kw_only=True)
 class SpeechEnded(Frame):
@@ -93,6 +106,10 @@ class SpeechEnded(Frame):
     speech_end_s: float = 0.0  # the last voiced sample's place in the VAD's input stream
     final: bool = True
 
+    @property
+    def reported(self) -> bool:
+        return self.final  # a pause (not final) is the STT's business only
+
 
 @dataclass(slots=True, kw_only=True)
 class Transcript(Frame):
@@ -101,6 +118,10 @@ class Transcript(Frame):
     text: str = ""
     final: bool = True
     language: str = ""
+
+    @property
+    def reported(self) -> bool:
+        return self.final  # a stale early guess is no news
 
 
 # --- reply side -----------------------------------------------------------------------------

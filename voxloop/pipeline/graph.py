@@ -10,7 +10,9 @@ in a child task that an interrupt can cancel without touching the runner itself.
 On interrupt (Session.interrupt → Graph._on_interrupt): every lane drops data frames of older
 epochs, every child task working on such a frame is cancelled and awaited (bounded), and an
 Interrupt control frame is queued for each stage (which calls `stage.reset()`) and for the
-output, whose reader tells the client to flush its playback.
+output, whose reader tells the client to flush its playback. A stale frame that is `reported`
+(the user's speech start and end, their final words) is not processed but still forwarded, so
+the client hears what the user did even when a barge-in or a dropped speculation came first.
 
 A speculative reply (pipeline/speculation.py) runs through the same stages; its output is
 held by the output reader until the session confirms the turn, or flushed like an interrupt
@@ -27,7 +29,7 @@ from collections.abc import AsyncGenerator, Sequence
 from voxloop.pipeline.errors import FatalError
 from voxloop.pipeline.frames import EndOfInput, ErrorFrame, Frame, Interrupt
 from voxloop.pipeline.session import Session
-from voxloop.pipeline.speculation import ReplyHold, SpeculationConfirmed
+from voxloop.pipeline.speculation import ReplyHold, Speculation, SpeculationConfirmed
 from voxloop.pipeline.stage import Stage
 from voxloop.pipeline.tasks import cancel_and_wait
 
@@ -71,7 +73,7 @@ class Lane:
 
     def drop_stale(self, epoch: int) -> int:
         """Remove data frames that belong to an epoch before `epoch`; returns how many."""
-        kept = [f for f in self._data if not is_stale(f, epoch)]
+        kept = [f for f in self._data if f.reported or not is_stale(f, epoch)]  # the runner forwards those
         dropped = len(self._data) - len(kept)
         self._data = deque(kept)
         if len(self._data) < self.maxsize:
@@ -117,11 +119,10 @@ class Graph:
         """The graph's output, stale frames already dropped, a speculative reply held until confirmed."""
         while True:
             frame = await self.output.get()
-            if is_stale(frame, self.session.epoch):
-                self.dropped += 1
+            if self._drops(frame):
                 continue
             released = self._hold.through(frame, self.session.speculation, self.session.epoch)
-            if isinstance(frame, SpeculationConfirmed) and released:
+            if isinstance(frame, SpeculationConfirmed) and frame.speculation is self.session.speculation:
                 self.session.speculation_released()
             for out in released:
                 yield out
@@ -145,15 +146,15 @@ class Graph:
         stage, inbox, outbox = self.stages[index], self._lanes[index], self._lanes[index + 1]
         while True:
             frame = await inbox.get()
-            if is_stale(frame, self.session.epoch):
-                self.dropped += 1
+            if self._drops(frame):
                 continue
             if isinstance(frame, Interrupt):
                 await stage.reset()  # the interrupt itself is queued for each lane by the graph
                 if index == len(self.stages) - 1:
                     await outbox.put(frame)
                 continue
-            if frame.control or not isinstance(frame, stage.handles):
+            stale = is_stale(frame, self.session.epoch)  # and still news for the client: passed on unprocessed
+            if frame.control or stale or not isinstance(frame, stage.handles):
                 await outbox.put(frame)
                 continue
             child = asyncio.create_task(self._process(stage, frame, outbox))
@@ -173,10 +174,8 @@ class Graph:
     async def _process(self, stage: Stage, frame: Frame, outbox: Lane) -> None:
         try:
             async for out in stage.process(frame):
-                if is_stale(out, self.session.epoch):
-                    self.dropped += 1
-                    continue
-                await outbox.put(out)
+                if not self._drops(out):
+                    await outbox.put(out)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -189,8 +188,15 @@ class Graph:
             error = self.session.make(ErrorFrame, stage=stage.name, message=message, fatal=isinstance(exc, FatalError))
             await outbox.put(error)
 
-    async def _on_confirm(self) -> None:
-        await self.output.put(self.session.make(SpeculationConfirmed))
+    def _drops(self, frame: Frame) -> bool:
+        """Is `frame` stale and no news for the client? Then it goes no further (counted in `dropped`)."""
+        if not is_stale(frame, self.session.epoch) or frame.reported:
+            return False
+        self.dropped += 1
+        return True
+
+    async def _on_confirm(self, speculation: Speculation) -> None:
+        await self.output.put(self.session.make(SpeculationConfirmed, speculation=speculation))
 
     async def _on_interrupt(self, epoch: int, reason: str) -> None:
         for lane in self._lanes:

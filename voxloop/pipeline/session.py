@@ -25,7 +25,7 @@ from voxloop.pipeline.trace import TurnTrace
 F = TypeVar("F", bound=Frame)
 
 InterruptHandler = Callable[[int, str], Awaitable[None]]
-ConfirmHandler = Callable[[], Awaitable[None]]
+ConfirmHandler = Callable[[Speculation], Awaitable[None]]
 StateListener = Callable[["State"], None]
 
 
@@ -309,7 +309,7 @@ class Session:
         s.confirmed = ahead
         self.trace.notes["reply"] = "speculative"
         for handler in self._confirm_handlers:
-            await handler()
+            await handler(s)
         return True
 
     def forgo_speculation(self) -> bool:

@@ -42,8 +42,10 @@ class Speculation:
 
 @dataclass(slots=True, kw_only=True)
 class SpeculationConfirmed(Frame):
-    """Wakes the output reader: the held reply may go (a control frame, so it overtakes queued data)."""
+    """Wakes the output reader: the held reply of `speculation` may go (a control frame, so it
+    overtakes queued data)."""
 
+    speculation: Speculation | None = None
     control: ClassVar[bool] = True
     scoped: ClassVar[bool] = False
 
@@ -61,9 +63,11 @@ class ReplyHold:
             # Nothing of a dropped speculation left the server: the client need not know of it.
             return [] if frame.reason == SPECULATION_DROPPED else [frame]
         if isinstance(frame, SpeculationConfirmed):
-            if speculation is None or speculation.confirmed is None:
-                return []
-            released = [*speculation.confirmed, *(f for f in self._held if f.epoch == epoch)]
+            ahead = list(frame.speculation.confirmed or ()) if frame.speculation is not None else []
+            if frame.speculation is not speculation:
+                # A barge-in came before this reader did: the reply is gone, the user's words are news.
+                return ahead
+            released = [*ahead, *(f for f in self._held if f.epoch == epoch)]
             self._held.clear()
             return released
         if speculation is not None and speculation.confirmed is None and self._holds(frame, speculation):

@@ -404,7 +404,8 @@ class RealtimeConnection:
                 content_index=0,
                 transcript=frame.text,
             )
-            if self.session.auto_respond and self.reply is None:
+            stale = frame.epoch < self.session.epoch  # a barge-in came first: no reply to these words
+            if self.session.auto_respond and self.reply is None and not stale:
                 self._start_reply()
         elif isinstance(frame, AudioOutput):
             self._audio_out(frame)
