@@ -126,6 +126,18 @@ async def test_utterances_a_barge_in_cut_off_before_their_transcript_come_before
     assert session.with_cut_off_words(third) is third
 
 
+async def test_the_words_carried_are_bounded_to_the_newest_30_s(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("voxloop.pipeline.session.MAX_CARRIED_SAMPLES", 6)
+    session = Session()
+    first, second, third = (np.full(4, value, np.int16) for value in (1, 2, 3))
+    await session.user_started_speaking()
+    session.user_stopped_speaking(1, first)
+    await session.user_started_speaking()
+    session.user_stopped_speaking(2, second)
+    await session.user_started_speaking()
+    assert session.with_cut_off_words(third).tolist() == [1] * 2 + [2] * 4 + [3] * 4
+
+
 def test_an_utterance_without_words_returns_to_listening() -> None:
     session = Session()
     session.user_stopped_speaking(speech_end_ns=1)

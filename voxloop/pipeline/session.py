@@ -24,6 +24,11 @@ from voxloop.pipeline.trace import TurnTrace
 
 F = TypeVar("F", bound=Frame)
 
+# Cut-off words carried into the next transcription, at most (the newest kept): past Whisper's 30 s
+# window the transcription goes window by window, and on a server too busy to transcribe before
+# each barge-in the carry would otherwise grow without bound.
+MAX_CARRIED_SAMPLES = 30 * 16000
+
 InterruptHandler = Callable[[int, str], Awaitable[None]]
 ConfirmHandler = Callable[[Speculation], Awaitable[None]]
 StateListener = Callable[["State"], None]
@@ -184,7 +189,7 @@ class Session:
 
     def _keep_untranscribed(self) -> None:
         if self._untranscribed is not None:
-            self._cut_off_audio = self.with_cut_off_words(self._untranscribed)
+            self._cut_off_audio = self.with_cut_off_words(self._untranscribed)[-MAX_CARRIED_SAMPLES:]
             self._untranscribed = None
 
     def question(self, text: str) -> str:
