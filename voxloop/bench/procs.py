@@ -101,6 +101,10 @@ def start_llama(log_dir: Path, model: Path, server: str, slots: int, threads: in
             # When a conversation's history window moves on, the messages it keeps are still in the
             # slot's cache at other positions: shift them there instead of reading them again.
             *("--cache-reuse", "16"),
+            # No prompt cache in RAM: on a moved window (only the system prompt a common prefix) it swaps
+            # the slot's cache for a saved prompt with a longer common prefix, which holds none of the
+            # kept messages, and the server reads them all again (up to 2 s, no slot decoding meanwhile).
+            *("--cache-ram", "0"),
         ]
         cmd = [str(find_or_build()), "--model", str(model), *where, *slotted]
     else:
