@@ -73,7 +73,7 @@ class Lane:
 
     def drop_stale(self, epoch: int) -> int:
         """Remove data frames that belong to an epoch before `epoch`; returns how many."""
-        kept = [f for f in self._data if f.reported or not is_stale(f, epoch)]  # the runner forwards those
+        kept = [f for f in self._data if not is_dropped(f, epoch)]  # stale news stays: the runner forwards it
         dropped = len(self._data) - len(kept)
         self._data = deque(kept)
         if len(self._data) < self.maxsize:
@@ -83,6 +83,11 @@ class Lane:
 
 def is_stale(frame: Frame, epoch: int) -> bool:
     return frame.scoped and frame.epoch < epoch
+
+
+def is_dropped(frame: Frame, epoch: int) -> bool:
+    """Stale and no news for the client: the frame goes no further."""
+    return is_stale(frame, epoch) and not frame.reported
 
 
 class Graph:
@@ -189,11 +194,10 @@ class Graph:
             await outbox.put(error)
 
     def _drops(self, frame: Frame) -> bool:
-        """Is `frame` stale and no news for the client? Then it goes no further (counted in `dropped`)."""
-        if not is_stale(frame, self.session.epoch) or frame.reported:
-            return False
-        self.dropped += 1
-        return True
+        """`is_dropped`, counted in `dropped`."""
+        dropped = is_dropped(frame, self.session.epoch)
+        self.dropped += dropped
+        return dropped
 
     async def _on_confirm(self, speculation: Speculation) -> None:
         await self.output.put(self.session.make(SpeculationConfirmed, speculation=speculation))

@@ -45,7 +45,7 @@ class SpeculationConfirmed(Frame):
     """Wakes the output reader: the held reply of `speculation` may go (a control frame, so it
     overtakes queued data)."""
 
-    speculation: Speculation | None = None
+    speculation: Speculation
     control: ClassVar[bool] = True
     scoped: ClassVar[bool] = False
 
@@ -63,7 +63,7 @@ class ReplyHold:
             # Nothing of a dropped speculation left the server: the client need not know of it.
             return [] if frame.reason == SPECULATION_DROPPED else [frame]
         if isinstance(frame, SpeculationConfirmed):
-            ahead = list(frame.speculation.confirmed or ()) if frame.speculation is not None else []
+            ahead = list(frame.speculation.confirmed or ())
             if frame.speculation is not speculation:
                 # A barge-in came before this reader did: the reply is gone, the user's words are news.
                 return ahead
