@@ -14,6 +14,7 @@ import wave
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import av
@@ -26,6 +27,7 @@ from websockets.asyncio.client import connect
 
 from tests.integration.servers import ServerProcess, free_port, running_server
 from voxloop import __version__
+from voxloop.engine import Engines
 from voxloop.pipeline.audio import read_wav
 from voxloop.pipeline.config import Settings
 from voxloop.server.app import create_app
@@ -130,6 +132,24 @@ async def test_healthz_is_503_starting_until_the_models_are_loaded() -> None:
     assert health.headers["retry-after"]
     assert voices.status_code == 503
     assert "still loading" in voices.json()["detail"]
+
+
+async def test_loop_lag_is_watched_once_the_models_are_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Loading holds the loop (imports, model sessions built); the lag /healthz reports is about serving.
+    async def close() -> None:
+        pass
+
+    async def load(*args: Any, **kwargs: Any) -> SimpleNamespace:
+        await asyncio.sleep(0.02)  # loading awaits models built on threads, and between them holds the loop
+        time.sleep(0.3)
+        return SimpleNamespace(load_s={}, close=close)
+
+    monkeypatch.setattr(Engines, "load", load)
+    app = create_app(Settings.model_validate({"trace": {"prometheus": False}}))
+    async with app.router.lifespan_context(app):
+        await asyncio.sleep(0.05)
+        assert app.state.engines is not None
+        assert app.state.loop_lag.max_ms < 150
 
 
 class FakeLlmServer:

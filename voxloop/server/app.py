@@ -83,12 +83,14 @@ def create_app(settings: Settings, engines: Engines | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from voxloop.engine import Engines
 
+        loaded = engines or await Engines.load(settings, voices=[app.state.voices])
+        app.state.engines = loaded
+        if metrics is not None:
+            metrics.registry.register(TtsCollector(loaded.tts.stats, lambda: loaded.tts.cache_stats))
+        log.info("models ready", extra={"event": "server_ready", "load_s": loaded.load_s})
+        # Watched from here on: loading the models stalls the loop (imports, sessions built), which
+        # says nothing about serving, and /healthz's last-minute figures would carry it for a minute.
         async with LoopLagMonitor(LOOP_LAG_INTERVAL_S, window=LOOP_LAG_WINDOW) as app.state.loop_lag:
-            loaded = engines or await Engines.load(settings, voices=[app.state.voices])
-            app.state.engines = loaded
-            if metrics is not None:
-                metrics.registry.register(TtsCollector(loaded.tts.stats, lambda: loaded.tts.cache_stats))
-            log.info("models ready", extra={"event": "server_ready", "load_s": loaded.load_s})
             try:
                 yield
             finally:
