@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -28,6 +29,16 @@ GUARD_S = 60  # only so that a hang fails the test instead of the whole run
 
 def ask(question: str) -> list[dict[str, str]]:
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
+
+
+def test_the_build_runs_a_prompt_on_this_cpu() -> None:
+    # In a child process: a build for CPU features the machine only claims (AMX on some VMs)
+    # dies of SIGILL on its first prompt, which would take the test run with it.
+    pytest.importorskip("llama_cpp", reason="the embedded LLM needs llama-cpp-python")
+    check = [sys.executable, "-m", "voxloop.stages.llm.embedded_check"]
+    done = subprocess.run(check, capture_output=True, text=True, timeout=GUARD_S, check=False)
+    assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-2000:]}"
+    assert "the embedded LLM runs" in done.stdout
 
 
 @pytest.fixture(scope="module")
