@@ -18,6 +18,8 @@ import pytest
 from voxloop.bench import llama_server
 from voxloop.bench.procs import start_llama
 from voxloop.pipeline.assets import AssetStore
+from voxloop.pipeline.config import LlmSettings
+from voxloop.stages.llm.embedded import resolve_gguf
 
 pytestmark = [pytest.mark.integration, pytest.mark.llm]
 
@@ -27,7 +29,7 @@ SYSTEM = {"role": "system", "content": "You are a friendly voice assistant. Answ
 @pytest.fixture(scope="module")
 def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     llama_server.find_or_build()
-    gguf = next(AssetStore().path("smollm2-135m").glob("*.gguf"))
+    gguf = resolve_gguf(LlmSettings().model, AssetStore())
     llama, url = start_llama(tmp_path_factory.mktemp("llama"), gguf, "llama-server", slots=2, threads=1)
     try:
         yield url

@@ -44,7 +44,7 @@ def test_the_build_runs_a_prompt_on_this_cpu() -> None:
 @pytest.fixture(scope="module")
 def llm(asset_store: AssetStore) -> Iterator[EmbeddedLlamaBackend]:
     pytest.importorskip("llama_cpp", reason="the embedded LLM needs llama-cpp-python")
-    backend = load_llm(LlmSettings(backend="embedded", model="smollm2-135m", threads=2), asset_store)
+    backend = load_llm(LlmSettings(backend="embedded", threads=2), asset_store)
     assert isinstance(backend, EmbeddedLlamaBackend)
     yield backend
     asyncio.run(backend.close())
@@ -186,9 +186,43 @@ async def test_a_conversation_longer_than_the_context_is_a_transient_error(asset
         await small.close()
 
 
+PASSAGE = (
+    "The kettle clicked off and the kitchen went quiet. Anna poured the water over the tea leaves, "
+    "waited three minutes, and carried two cups to the table by the window. Outside, the rain had "
+    "stopped, and the street lamps were coming on one after another. Her brother looked up from his "
+    "book and asked whether the train to the city still left at seven in the morning. She said it did, "
+    "but that on Sundays the first one was an hour later, so they would have time for breakfast."
+)
+
+
+def next_token_logprobs(gguf: Path, tokens: list[int]) -> Any:
+    import llama_cpp
+    import numpy as np
+
+    model = llama_cpp.Llama(model_path=str(gguf), n_ctx=256, n_threads=2, logits_all=True, verbose=False)
+    model.eval(tokens)
+    logits = np.asarray(model.scores[: len(tokens)], dtype=np.float64)
+    logits -= logits.max(axis=1, keepdims=True)
+    return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+
+
+def test_the_q8_0_copy_predicts_as_the_q4_1_it_was_made_from(asset_store: AssetStore) -> None:
+    import llama_cpp
+    import numpy as np
+
+    original, copy = (resolve_gguf(name, asset_store) for name in ("smollm2-135m", "smollm2-135m-q8_0"))
+    tokens = llama_cpp.Llama(model_path=str(original), vocab_only=True, verbose=False).tokenize(PASSAGE.encode())
+    before, after = next_token_logprobs(original, tokens), next_token_logprobs(copy, tokens)
+    positions = np.arange(len(tokens) - 1)
+    perplexity = [float(np.exp(-lp[positions, tokens[1:]].mean())) for lp in (before, after)]
+    agree = float((before.argmax(axis=1) == after.argmax(axis=1)).mean())
+    assert abs(perplexity[1] / perplexity[0] - 1) < 0.03, perplexity  # a Q4_0 copy: +11 %
+    assert agree > 0.9, agree  # Q8_0: 0.98; a Q4_0 copy: 0.67
+
+
 def test_model_may_be_an_asset_name_a_gguf_path_or_its_folder(asset_store: AssetStore) -> None:
-    gguf = resolve_gguf("smollm2-135m", asset_store)
-    assert gguf.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and gguf.is_file()
+    gguf = resolve_gguf("smollm2-135m-q8_0", asset_store)
+    assert gguf.name == "SmolLM2-135M-Instruct.Q8_0.gguf" and gguf.is_file()
     assert resolve_gguf(str(gguf), asset_store) == gguf
     assert resolve_gguf(str(gguf.parent), asset_store) == gguf
 

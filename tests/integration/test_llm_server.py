@@ -68,7 +68,7 @@ def server_url(asset_store: AssetStore, tmp_path_factory: pytest.TempPathFactory
     missing = [name for name in SERVER_MODULES if importlib.util.find_spec(name) is None]
     if missing:
         pytest.skip(f"llama_cpp.server needs {', '.join(missing)}: pip install 'llama-cpp-python[server]'")
-    gguf = resolve_gguf("smollm2-135m", asset_store)
+    gguf = resolve_gguf(LlmSettings().model, asset_store)
     port = free_port()
     log = tmp_path_factory.mktemp("llama-server") / "server.log"
     command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf)]

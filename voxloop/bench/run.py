@@ -19,8 +19,10 @@ from voxloop.bench.stats import OVERHEAD_METHOD, aggregate, summary, user_figure
 from voxloop.bench.user import SimulatedUser, UserRun
 from voxloop.client import RealtimeClient
 from voxloop.pipeline.assets import AssetStore
+from voxloop.pipeline.config import LlmSettings
 from voxloop.pipeline.tasks import cancel_and_wait
 from voxloop.rtc_client import RtcClient
+from voxloop.stages.llm.embedded import resolve_gguf
 
 SAMPLE_S = 0.5
 SESSION = {
@@ -56,7 +58,7 @@ def servers(plan: Plan) -> Iterator[tuple[str, list[Managed]]]:
             return
         env: dict[str, str] = {}
         if plan.llm == "external":
-            gguf = next(AssetStore().path("smollm2-135m").glob("*.gguf"))
+            gguf = resolve_gguf(LlmSettings().model, AssetStore())  # the embedded default's model
             slots = plan.users if plan.llm_server == "llama-server" else 1
             llama, base_url = start_llama(plan.log_dir, gguf, plan.llm_server, slots, plan.llm_threads)
             started.append(llama)

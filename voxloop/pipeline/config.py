@@ -135,7 +135,7 @@ class SttSettings(Section):
 
 class LlmSettings(Section):
     backend: Literal["embedded", "openai"] = "embedded"
-    model: str = Field("smollm2-135m", description="embedded: asset name or .gguf path; openai: model id")
+    model: str = Field("smollm2-135m-q8_0", description="embedded: asset name or .gguf path; openai: model id")
     base_url: str = "http://127.0.0.1:8080/v1"
     api_key_env: str = Field("OPENAI_API_KEY", description="the environment variable holding the key")
     server_slots: int = Field(

@@ -39,7 +39,7 @@ def resolve_gguf(model: str, store: AssetStore) -> Path:
     if isinstance(found, str):
         raise AssetError(
             f"llm.model = {model!r} is neither a model asset nor an existing file: name an asset "
-            "(e.g. smollm2-135m) or the path of a .gguf file"
+            "(e.g. smollm2-135m-q8_0) or the path of a .gguf file"
         )
     if found.is_file():
         return found
