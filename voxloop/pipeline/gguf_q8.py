@@ -19,7 +19,7 @@ from gguf import GGMLQuantizationType, GGUFValueType, quants
 Q8_0 = GGMLQuantizationType.Q8_0
 # Tensor types made finer; the rest (F32 norms, the Q8_0 embedding) are copied as they are.
 COARSE = frozenset({GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_1})
-_WRITER_KEYS = ("general.architecture", "general.file_type")  # written by the writer itself / replaced
+WRITER_KEYS = ("general.architecture", "general.file_type")  # written by the writer itself / replaced
 
 
 def requantize_to_q8_0(source: Path, target: Path) -> None:
@@ -27,18 +27,20 @@ def requantize_to_q8_0(source: Path, target: Path) -> None:
     reader = gguf.GGUFReader(source)
     writer = gguf.GGUFWriter(target, arch=str(reader.fields["general.architecture"].contents()))
     for key, field in reader.fields.items():
-        if key.startswith("GGUF.") or key in _WRITER_KEYS:
+        if key.startswith("GGUF.") or key in WRITER_KEYS:
             continue
         kind = field.types[0]
         writer.add_key_value(key, field.contents(), kind, field.types[-1] if kind == GGUFValueType.ARRAY else None)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
-    for tensor in reader.tensors:
-        if tensor.tensor_type in COARSE:
-            finer = quants.quantize(quants.dequantize(tensor.data, tensor.tensor_type), Q8_0)
-            writer.add_tensor(tensor.name, finer, raw_dtype=Q8_0)
-        else:
-            writer.add_tensor(tensor.name, tensor.data, raw_dtype=tensor.tensor_type)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    try:
+        for tensor in reader.tensors:
+            if tensor.tensor_type in COARSE:
+                finer = quants.quantize(quants.dequantize(tensor.data, tensor.tensor_type), Q8_0)
+                writer.add_tensor(tensor.name, finer, raw_dtype=Q8_0)
+            else:
+                writer.add_tensor(tensor.name, tensor.data, raw_dtype=tensor.tensor_type)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    finally:
+        writer.close()
