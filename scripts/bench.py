@@ -26,6 +26,7 @@ from typing import Any
 
 from voxloop.bench.conversation import load_conversation
 from voxloop.bench.plot import plot
+from voxloop.bench.procs import LLM_NICE
 from voxloop.bench.run import Plan, run_plan
 from voxloop.bench.stats import scaling
 from voxloop.pipeline.errors import InputError
@@ -54,6 +55,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--llm-threads",
         type=int,
         help="threads of the llama-server the benchmark starts (default: one per four cores, at least one)",
+    )
+    parser.add_argument(
+        "--llm-nice",
+        type=int,
+        default=LLM_NICE,
+        help=f"niceness of the LLM server the benchmark starts (default {LLM_NICE}: ahead of voxloop's models; "
+        "needs root or CAP_SYS_NICE, else it runs at the bench's own)",
     )
     parser.add_argument("--transport", default="websocket", help="websocket, webrtc or both (comma-separated)")
     parser.add_argument(
@@ -110,6 +118,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                     stagger_s=args.stagger,
                     rounds=args.rounds,
                     llm_threads=args.llm_threads,
+                    llm_nice=args.llm_nice,
                 )
                 runs.append(run_plan(plan))
         if not args.no_ladder:
@@ -123,6 +132,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                 log_dir=where,
                 llm_server=args.llm_server,
                 llm_threads=args.llm_threads,
+                llm_nice=args.llm_nice,
             )
             ladders.append(run_plan(plan))
     return {"runs": runs, "pause_ladder": ladders}

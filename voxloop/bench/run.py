@@ -14,7 +14,7 @@ import httpx
 import psutil
 
 from voxloop.bench.conversation import Conversation
-from voxloop.bench.procs import Managed, start_llama, start_voxloop
+from voxloop.bench.procs import LLM_NICE, Managed, start_llama, start_voxloop
 from voxloop.bench.stats import OVERHEAD_METHOD, aggregate, summary, user_figures
 from voxloop.bench.user import SimulatedUser, UserRun
 from voxloop.client import RealtimeClient
@@ -46,6 +46,7 @@ class Plan:
     stagger_s: float = 0.0  # user i starts after i * stagger_s s of silence; 0: every user's turns in lockstep
     rounds: int = 1  # the users talk the conversation through this many times, on new sessions; turns pooled
     llm_threads: int | None = None  # llama-server's threads; None: procs.llm_server_threads()
+    llm_nice: int = LLM_NICE  # llama-server's niceness (procs.LLM_NICE), where the bench may lower it
 
 
 @contextlib.contextmanager
@@ -60,7 +61,7 @@ def servers(plan: Plan) -> Iterator[tuple[str, list[Managed]]]:
         if plan.llm == "external":
             gguf = resolve_gguf(LlmSettings().model, AssetStore())  # the embedded default's model
             slots = plan.users if plan.llm_server == "llama-server" else 1
-            llama, base_url = start_llama(plan.log_dir, gguf, plan.llm_server, slots, plan.llm_threads)
+            llama, base_url = start_llama(plan.log_dir, gguf, plan.llm_server, slots, plan.llm_threads, plan.llm_nice)
             started.append(llama)
             env = {
                 "VOXLOOP_LLM__BACKEND": "openai",
@@ -203,6 +204,7 @@ def run_plan(plan: Plan) -> dict[str, Any]:
         "stagger_s": plan.stagger_s,
         "rounds": plan.rounds,
         "llm_threads": plan.llm_threads,
+        "llm_nice": plan.llm_nice,
         "overhead_method": OVERHEAD_METHOD,
         **result,
     }
