@@ -211,6 +211,17 @@ def test_a_long_first_sentence_goes_after_first_clause_max_words() -> None:
     assert run(word_tokens(reply))[0] == "My favourite season of the year"
 
 
+def test_a_first_clause_with_no_word_to_end_on_goes_after_twice_the_cap() -> None:
+    # Digits, or words a phrase goes on from: no natural end, yet the first audio must not wait
+    # for the whole reply (the TTS would then also read it all before its first sample).
+    digits = " ".join(str(n) for n in range(4, 40))
+    assert run(word_tokens(digits))[0] == "4 5 6 7 8 9 10 11"
+    assert run(list(digits))[0] == "4 5 6 7 8 9 10 11"
+    assert run(word_tokens("and the and the and the and the and the."))[0] == "and the and the and the and the"
+    assert run(word_tokens(f"{digits} {digits}"), SEVEN)[0] == " ".join(str(n) for n in range(4, 18))
+    assert run(word_tokens(digits), BOUNDARIES_ONLY) == [digits]  # the cap off: no early cut at all
+
+
 def test_the_first_clause_is_released_while_the_sentence_is_still_streaming() -> None:
     chunker = SentenceChunker()
     released: list[str] = []
