@@ -32,6 +32,9 @@ def test_one_user_excerpt_gives_sane_figures(eval_dir: Path, server: Any, tmp_pa
     assert overall["reply_audio_s"] > 0.2
     assert overall["frames_sent"] >= 2 * 3.0 / 0.02  # every 20 ms of the excerpt (plus the wait) went out
     timed = sum(1 for user in result["per_user"] for turn in user["turns"] if turn["client_v2v_ms"] is not None)
+    replies = [turn for user in result["per_user"] for turn in user["turns"]]
+    assert all(turn["reply_text"] for turn in replies)  # what each reply said, to read a slow turn by
+    assert all("speech_end" in turn["marks_ms"] for turn in replies)  # and its timeline
     split = overall["contention"]  # one user at a time: every timed turn waited alone
     assert split["alone"]["n"] == timed > 0 and split["overlapping"]["n"] == 0
     assert result["resources"]["loop_lag_ms"]["max"] >= 0

@@ -6,9 +6,10 @@ import base64
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import numpy as np
 import pytest
 
-from voxloop.bench.stats import contention, scaling, turns, unended
+from voxloop.bench.stats import contention, ratio_interval, scaling, turns, unended
 from voxloop.bench.user import UserRun
 from voxloop.client import RealtimeClient, Received
 
@@ -27,7 +28,8 @@ def reply(inbox: Inbox, rid: str, created: float, trace: dict[str, Any]) -> None
     response = {"id": rid, "status": "completed"}
     inbox.add(created, {"type": "response.created", "response": response})
     inbox.add(created + 0.1, {"type": "response.output_audio.delta", "response_id": rid, "delta": AUDIO})
-    inbox.add(created + 0.2, {"type": "response.done", "response": response})
+    said = [{"type": "message", "content": [{"type": "output_audio", "transcript": f"Reply {rid}."}]}]
+    inbox.add(created + 0.2, {"type": "response.done", "response": {**response, "output": said}})
     inbox.add(created + 0.2, {"type": "voxloop.trace", "trace": trace})
 
 
@@ -42,6 +44,7 @@ def test_server_latency_is_counted_only_for_a_turn_the_server_ended_after_the_sp
     figures = {t["response_id"]: t for t in turns(run)}
     assert figures["after"]["server_v2v_ms"] == 640.0 and not figures["after"]["mid_speech"]
     assert figures["after"]["waiting_s"] == pytest.approx((2.0, 2.6))  # true end of speech -> first reply audio
+    assert figures["after"]["reply_text"] == "Reply after."  # what the reply said, to read a slow turn by
     assert figures["inside"]["mid_speech"] and figures["inside"]["server_v2v_ms"] is None  # answered a pause
     assert figures["inside"]["client_v2v_ms"] is None and figures["inside"]["waiting_s"] is None
     assert figures["unended"]["server_v2v_ms"] is None  # no end of turn in its trace
@@ -62,6 +65,29 @@ def test_scaling_gives_each_user_count_p95_as_a_multiple_of_the_first() -> None:
     assert len(lines) == 2
     assert "x4 against x1" in lines[0] and "1.50x (client), 2.00x (server)" in lines[0]
     assert lines[1].strip().startswith("embedded") and "n/a (client), 2.00x (server)" in lines[1]
+
+
+def test_the_ratio_comes_with_a_bootstrap_interval_as_wide_as_its_turns_leave_it() -> None:
+    steady = ratio_interval([1200.0] * 40, [800.0] * 40)
+    assert steady == pytest.approx((1.5, 1.5))  # no spread in the turns: no doubt about the ratio
+    rng = np.random.default_rng(1)
+    one_user = [*rng.normal(700, 60, 35), 1100.0, 1400.0]  # a p95 resting on two slow turns
+    four_users = list(rng.normal(1000, 150, 150))
+    low, high = ratio_interval(four_users, one_user) or (0.0, 0.0)
+    point = np.percentile(four_users, 95) / np.percentile(one_user, 95)
+    assert low < point < high and high - low > 0.2
+    assert ratio_interval([900.0], one_user) is None  # one turn says nothing about a p95
+
+    def run(users: int, values: list[float]) -> dict[str, Any]:
+        per_user = [{"turns": [{"client_v2v_ms": v, "server_v2v_ms": None} for v in values]}]
+        overall = {
+            "voice_to_voice_ms": {"p95": float(np.percentile(values, 95))},
+            "server_voice_to_voice_ms": {"p95": None},
+        }
+        return {"llm": "external", "transport": "websocket", "users": users, "overall": overall, "per_user": per_user}
+
+    [line] = scaling([run(1, one_user), run(4, four_users)])
+    assert f"(90% interval {low:.2f}-{high:.2f}x) (client), n/a (server)" in line
 
 
 def test_contention_tells_turns_that_waited_beside_another_users_from_turns_that_waited_alone() -> None:

@@ -13,6 +13,7 @@ from voxloop.rtc_client import RTC_AUDIO
 
 FRAME_S = 0.02  # a WebRTC audio frame
 OVERLAP_MS = 50  # less is one wait ending as another begins: too short a contest for the CPU to count
+BOOTSTRAP_RESAMPLES = 2000
 MODEL_SPANS = ("stt", "llm_first_token", "first_chunk", "tts_first_audio")
 OVERHEAD_METHOD = (
     "per turn: server voice-to-voice minus the endpointing wait (endpoint_delay) minus the model spans "
@@ -72,17 +73,27 @@ def turns(run: UserRun) -> list[dict[str, Any]]:
                 "mid_speech": mid_speech,
                 "server_v2v_ms": v2v,
                 "spans_ms": spans,
+                "marks_ms": trace.get("marks_ms", {}),  # every stage mark, from the speech end: the turn's timeline
+                "notes": trace.get("notes", {}),  # speculations dropped, endpoint kind, reply kind, ...
                 "overhead_ms": overhead,
                 "reply_audio_s": sum(n for _, n in chunks) / 16000,
                 "underruns": played.underruns if not rtc else None,  # WebRTC: the receiver's jitter buffer decides
                 "frame_jitter_ms": frame_jitter(chunks) if rtc else [],
                 "underrun_ms": played.underrun_ms if not rtc else 0.0,
                 "endpoint": trace.get("notes", {}).get("endpoint"),
+                "reply_text": reply_text(event),
                 "late_input_frames": trace.get("notes", {}).get("late_input_frames", 0),
                 "input_backlog_ms_max": trace.get("notes", {}).get("input_backlog_ms_max"),
             }
         )
     return out
+
+
+def reply_text(done: dict[str, Any]) -> str:
+    """What a completed reply said (the assistant items' transcripts in its response.done): the
+    bench's own replies, so a slow first chunk can be read against the words that made it."""
+    items = done["response"].get("output", [])
+    return " ".join(c.get("transcript", "") for item in items for c in item.get("content", ())).strip()
 
 
 def frame_jitter(chunks: list[tuple[float, int]]) -> list[float]:
@@ -185,7 +196,8 @@ def _overlap(a: tuple[float, float], b: tuple[float, float]) -> float:
 
 def scaling(runs: list[dict[str, Any]]) -> list[str]:
     """For each LLM and transport run with several user counts: each count's p95 voice-to-voice
-    (client and server) as a multiple of the first count's."""
+    (client and server) as a multiple of the first count's, with a bootstrap interval where the
+    runs carry their turns."""
     lines = []
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for run in runs:
@@ -195,7 +207,11 @@ def scaling(runs: list[dict[str, Any]]) -> list[str]:
         for run in group[1:]:
             ratios = [
                 _ratio(run["overall"][key]["p95"], base["overall"][key]["p95"])
-                for key in ("voice_to_voice_ms", "server_voice_to_voice_ms")
+                + _interval(ratio_interval(_turn_values(run, turn_key), _turn_values(base, turn_key)))
+                for key, turn_key in (
+                    ("voice_to_voice_ms", "client_v2v_ms"),
+                    ("server_voice_to_voice_ms", "server_v2v_ms"),
+                )
             ]
             lines.append(
                 f"{llm:>9} {transport:>9} x{run['users']} against x{base['users']}: "
@@ -204,5 +220,29 @@ def scaling(runs: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def ratio_interval(
+    values: list[float], base: list[float], *, level: float = 0.9, resamples: int = BOOTSTRAP_RESAMPLES
+) -> tuple[float, float] | None:
+    """A bootstrap interval for p95(values) / p95(base): where the ratio could have fallen with other
+    turns drawn from the same sittings. A one-user p95 over 35 turns rests on its two slowest, so a
+    single sitting's ratio moves by a third from one to the next; this says by how much."""
+    if len(values) < 2 or len(base) < 2:
+        return None
+    rng = np.random.default_rng(0)  # the same turns always give the same interval
+    draws = np.percentile(rng.choice(values, (resamples, len(values))), 95, axis=1)
+    base_draws = np.percentile(rng.choice(base, (resamples, len(base))), 95, axis=1)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(draws / base_draws, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def _turn_values(run: dict[str, Any], key: str) -> list[float]:
+    return [t[key] for user in run.get("per_user", []) for t in user["turns"] if t.get(key) is not None]
+
+
 def _ratio(value: float | None, base: float | None) -> str:
     return f"{value / base:.2f}x" if value and base else "n/a"
+
+
+def _interval(bounds: tuple[float, float] | None) -> str:
+    return f" (90% interval {bounds[0]:.2f}-{bounds[1]:.2f}x)" if bounds else ""
