@@ -184,7 +184,10 @@ class LlmSettings(Section):
 class ChunkerSettings(Section):
     first_clause_min_words: int = Field(3, ge=1)
     first_clause_max_words: int = Field(
-        4, ge=0, description="with no clause boundary by then, the first chunk goes after this many words; 0: off"
+        4,
+        ge=0,
+        description="with no clause boundary by then, the first chunk goes at the next word a phrase may end "
+        "on after this many words, at any word after twice as many (a number counts one per digit); 0: off",
     )
     min_words: int = Field(3, ge=1)
     max_chars: int = Field(220, ge=40)

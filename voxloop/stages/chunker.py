@@ -63,8 +63,10 @@ def speakable(text: str) -> str:
 
 
 def count_words(text: str) -> int:
-    """Words that would be spoken: whitespace-separated tokens holding a letter or digit."""
-    return sum(1 for token in text.split() if any(ch.isalnum() for ch in token))
+    """Words that would be spoken: whitespace-separated tokens holding a letter or digit, a number
+    counting one per digit ("10.50" is read "ten point five zero"), so that a first chunk of
+    figures is no longer to say, or to synthesize, than one of words."""
+    return sum(sum(ch.isdigit() for ch in token) or any(ch.isalnum() for ch in token) for token in text.split())
 
 
 @dataclass(frozen=True, slots=True)
