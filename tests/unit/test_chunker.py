@@ -223,6 +223,9 @@ def test_a_first_clause_with_no_word_to_end_on_goes_after_twice_the_cap() -> Non
     # chunk of eight took Piper 410 ms, against 50-90 ms for a first chunk of words).
     figures = " ".join(f"10.{n}0" for n in range(1, 10)) + " 11."
     assert run(word_tokens(figures))[0] == "10.10 10.20"
+    # A run with no space at all (a small model gone round in a loop) goes at a mark inside it.
+    loop = "3:" + "33:" * 40
+    assert run([loop[k : k + 3] for k in range(0, len(loop), 3)])[0] == "3:33:33:33:33:"
     assert run(word_tokens(digits), BOUNDARIES_ONLY) == [digits]  # the cap off: no early cut at all
 
 

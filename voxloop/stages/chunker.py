@@ -224,17 +224,8 @@ class SentenceChunker:
 
     def _early_clause(self, start: int, i: int, words_before: int, final: bool) -> _Cut | _Wait | None:
         match = _CLAUSE.match(self._buf, i)
-        if match is None and self._buf[i] in " \t" and self.first_clause_max_words:
-            # No boundary yet: after enough words the first chunk goes anyway, at the end of a
-            # word a phrase may end on ("past four", not "in the"); after twice as many, at any
-            # word's end, so that a reply with no such word ("4 5 6 7 8 9 10 ...") is not held
-            # back whole (2.4 s before its first audio in a bench run).
-            words = speakable(self._buf[start:i]).split()
-            last = words[-1].lower().strip("\"'") if words else ""
-            count = words_before + count_words(" ".join(words))
-            phrase_end = last.isalpha() and last not in CONTINUING_WORDS
-            if count >= self.first_clause_max_words and (phrase_end or count >= 2 * self.first_clause_max_words):
-                return _Cut(i, i + 1, release=True)
+        if match is None and self.first_clause_max_words and (capped := self._capped_clause(start, i, words_before)):
+            return capped
         if match is None:
             if self._buf[i] in ",;:-–—" and i + 1 == len(self._buf) and not final:
                 return _Wait(i)  # the space that makes it a clause boundary may come next
@@ -242,6 +233,24 @@ class SentenceChunker:
         if words_before + count_words(speakable(self._buf[start:i])) < self.first_clause_min_words:
             return None
         return _Cut(match.end(), match.end(), release=True)
+
+    def _capped_clause(self, start: int, i: int, words_before: int) -> _Cut | None:
+        """No clause boundary yet: after enough words the first chunk goes anyway, at the end of a
+        word a phrase may end on ("past four", not "in the"); after twice as many, at any word's
+        end, so that a reply with no such word ("4 5 6 7 8 9 10 ...") is not held back whole (2.4 s
+        before its first audio in a bench run), or at a mark inside a run with no space at all
+        ("3:33:33:33..." from a small model gone round in a loop: 1.5 s in another)."""
+        buf, cap = self._buf, self.first_clause_max_words
+        if buf[i] in " \t":
+            words = speakable(buf[start:i]).split()
+            last = words[-1].lower().strip("\"'") if words else ""
+            count = words_before + count_words(" ".join(words))
+            phrase_end = last.isalpha() and last not in CONTINUING_WORDS
+            return _Cut(i, i + 1, release=True) if count >= cap and (phrase_end or count >= 2 * cap) else None
+        inside_run = start < i < len(buf) - 1 and buf[i - 1].isalnum() and buf[i + 1].isalnum() and not buf[i].isalnum()
+        if inside_run and words_before + count_words(speakable(buf[start:i])) >= 2 * cap:
+            return _Cut(i + 1, i + 1, release=True)
+        return None
 
     def _list_may_start(self, i: int, expected: int | None) -> bool:
         return expected is not None or self._buf[:i].rstrip().endswith(":")
