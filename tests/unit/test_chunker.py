@@ -226,6 +226,7 @@ def test_a_first_clause_with_no_word_to_end_on_goes_after_twice_the_cap() -> Non
     # A run with no space at all (a small model gone round in a loop) goes at a mark inside it.
     loop = "3:" + "33:" * 40
     assert run([loop[k : k + 3] for k in range(0, len(loop), 3)])[0] == "3:33:33:33:33:"
+    assert run(list("and the and the and the and don't stop and the."))[0] == "and the and the and the and don't"
     assert run(word_tokens(digits), BOUNDARIES_ONLY) == [digits]  # the cap off: no early cut at all
 
 

@@ -248,7 +248,11 @@ class SentenceChunker:
             phrase_end = last.isalpha() and last not in CONTINUING_WORDS
             return _Cut(i, i + 1, release=True) if count >= cap and (phrase_end or count >= 2 * cap) else None
         inside_run = start < i < len(buf) - 1 and buf[i - 1].isalnum() and buf[i + 1].isalnum() and not buf[i].isalnum()
-        if inside_run and words_before + count_words(speakable(buf[start:i])) >= 2 * cap:
+        if not inside_run:
+            return None
+        run_start = max(buf.rfind(" ", start, i), buf.rfind("\t", start, i), start - 1) + 1
+        long_run = count_words(buf[run_start:i]) >= cap  # not the apostrophe of a word ("don't")
+        if long_run and words_before + count_words(speakable(buf[start:i])) >= 2 * cap:
             return _Cut(i + 1, i + 1, release=True)
         return None
 
