@@ -40,6 +40,11 @@ def kiosk_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPro
         "VOXLOOP_MODE": "kiosk",
         "VOXLOOP_WAKE__WORDS": "[" + ", ".join(f"{{name: {w}}}" for w in WORDS) + "]",
         "VOXLOOP_KIOSK__FOLLOW_UP_S": str(FOLLOW_UP_S),
+        # Short replies, so that each one and its follow-up window are over before the next clip of
+        # dev_conv03 (the gaps are 9-10 s): the test is about what the session hears asleep. With
+        # 60-token replies (sampled: their length moves from machine to machine) one machine was
+        # still awake at "computer" and answered "... call me Abbie" after it.
+        "VOXLOOP_LLM__MAX_TOKENS": "16",
     }
     with running_server(tmp_path_factory.mktemp("kiosk") / "server.log", env) as process:
         yield process
