@@ -74,16 +74,13 @@ def turns(run: UserRun) -> list[dict[str, Any]]:
                 "server_v2v_ms": v2v,
                 "spans_ms": spans,
                 "marks_ms": trace.get("marks_ms", {}),  # every stage mark, from the speech end: the turn's timeline
-                "notes": trace.get("notes", {}),  # speculations dropped, endpoint kind, reply kind, ...
+                "notes": trace.get("notes", {}),  # endpoint kind, reply kind, speculations dropped, late input ...
                 "overhead_ms": overhead,
                 "reply_audio_s": sum(n for _, n in chunks) / 16000,
                 "underruns": played.underruns if not rtc else None,  # WebRTC: the receiver's jitter buffer decides
                 "frame_jitter_ms": frame_jitter(chunks) if rtc else [],
                 "underrun_ms": played.underrun_ms if not rtc else 0.0,
-                "endpoint": trace.get("notes", {}).get("endpoint"),
                 "reply_text": reply_text(event),
-                "late_input_frames": trace.get("notes", {}).get("late_input_frames", 0),
-                "input_backlog_ms_max": trace.get("notes", {}).get("input_backlog_ms_max"),
             }
         )
     return out
@@ -167,9 +164,9 @@ def aggregate(users: list[dict[str, Any]]) -> dict[str, Any]:
         # The server never drops input (a full lane holds the socket reader back); it counts frames
         # that reached the VAD over 100 ms after arriving, which is how falling behind shows.
         "input_frames_dropped": 0,
-        "server_late_input_frames": sum(t["late_input_frames"] for t in all_turns),
-        "input_backlog_ms": summary([t["input_backlog_ms_max"] for t in all_turns if t["input_backlog_ms_max"]]),
-        "eager_endpoints": sum(1 for t in all_turns if t["endpoint"] == "eager"),
+        "server_late_input_frames": sum(t["notes"].get("late_input_frames", 0) for t in all_turns),
+        "input_backlog_ms": summary([b for t in all_turns if (b := t["notes"].get("input_backlog_ms_max"))]),
+        "eager_endpoints": sum(1 for t in all_turns if t["notes"].get("endpoint") == "eager"),
         "contention": contention(users),
     }
 

@@ -239,7 +239,7 @@ class SentenceChunker:
         word a phrase may end on ("past four", not "in the"); after twice as many, at any word's
         end, so that a reply with no such word ("4 5 6 7 8 9 10 ...") is not held back whole (2.4 s
         before its first audio in a bench run), or at a mark inside a run with no space at all
-        ("3:33:33:33..." from a small model gone round in a loop: 1.5 s in another)."""
+        ("3:33:33:33..." from a small model gone round in a loop: 1.0 s after the first token in another)."""
         buf, cap = self._buf, self.first_clause_max_words
         if buf[i] in " \t":
             words = speakable(buf[start:i]).split()
