@@ -362,8 +362,13 @@ def test_synthesize_speaks_text_whisper_understands(server: ServerProcess, rate:
     assert 1.5 < len(pcm) / wav_rate < 8.0
     assert np.abs(pcm.astype(np.int32)).max() > 1000  # speech, not silence
 
-    heard = transcribe(server, "speech.wav", response.content).json()
-    assert wer(SENTENCE, heard["text"]) <= 0.2, heard["text"]
+    # Piper samples its prosody (noise_scale 0.667), and about one take in ninety is misheard
+    # ("Play spring McGreen umbrella ..."); a fresh second take tells an unlucky sample from a broken path.
+    heard = [transcribe(server, "speech.wav", response.content).json()["text"]]
+    if wer(SENTENCE, heard[0]) > 0.2:
+        again = synthesize(server, body)
+        heard.append(transcribe(server, "speech.wav", again.content).json()["text"])
+    assert min(wer(SENTENCE, text) for text in heard) <= 0.2, heard
     assert "green umbrella" not in server.log()  # text to speak is not logged either
 
 
